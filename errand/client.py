@@ -1,0 +1,68 @@
+"""A small Python client for the Errand HTTP API."""
+
+import uuid
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+#: Statuses after which a job does not change unless somebody retries it.
+FINAL_STATUSES = frozenset({"completed", "failed", "dead", "cancelled"})
+
+
+class ErrandError(Exception):
+    """The API answered with a problem (RFC 9457)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.problem = problem
+
+
+class ErrandClient:
+    """Submit and read jobs over HTTP."""
+
+    def __init__(self, url: str, api_key: str, *, timeout_s: float = 10.0) -> None:
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_s,
+        )
+
+    def __enter__(self) -> "ErrandClient":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def submit(
+        self, job_type: str, payload: dict[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Submit a job; return it as the API answered (status ``queued``)."""
+        body = {"type": job_type, "payload": payload or {}, **options}
+        return self._json(self._http.post("/v1/jobs", json=body))
+
+    def get(self, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """Return a job."""
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"detail": response.text[:200]}
+        if response.is_error:
+            raise ErrandError(response.status_code, data if isinstance(data, dict) else {})
+        assert isinstance(data, dict)
+        return data

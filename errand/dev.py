@@ -1,0 +1,127 @@
+"""``errand dev``: the whole system in one process, with no external services.
+
+The same code paths as production, with other connections: SQLite instead of
+PostgreSQL, Dramatiq's in-memory broker with worker threads instead of RabbitMQ, and
+fakeredis instead of Redis. API, Socket.IO notifier and dashboard share one port.
+"""
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import fakeredis
+import socketio
+import uvicorn
+from dramatiq.brokers.stub import StubBroker
+from errand_api.main import create_app as create_api
+from errand_api.settings import ApiSettings
+from errand_notifier.server import create_server, run_relay
+from errand_notifier.settings import NotifierSettings
+from errand_schema.auth import ensure_bootstrap_admin, generate_key
+from errand_schema.db import create_db_engine
+from errand_schema.logging import configure_logging
+from errand_schema.migrate import upgrade_database
+from errand_worker.broker import setup_worker, worker_middleware
+from errand_worker.settings import WorkerSettings
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+#: Placeholder URL for the services that dev mode replaces with in-process stand-ins.
+IN_MEMORY = "memory://"
+
+
+@dataclass
+class DevSystem:
+    """The parts of a running dev system (tests drive it directly)."""
+
+    app: socketio.ASGIApp
+    broker: dramatiq.Broker
+    worker: dramatiq.Worker
+    engine: Engine
+    api_key: str
+    redis_server: fakeredis.FakeServer
+
+
+def build_dev_system(data_dir: Path, *, threads: int = 4, api_key: str | None = None) -> DevSystem:
+    """Create the database, broker, worker threads and the combined ASGI app.
+
+    The worker threads are created but not started: call ``worker.start()``.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{data_dir / 'dev.db'}"
+    upgrade_database(db_url)
+    engine = create_db_engine(db_url)
+    key = api_key or generate_key()
+    with Session(engine) as session:
+        ensure_bootstrap_admin(session, key)
+    common: dict[str, Any] = {
+        "database_url": db_url,
+        "rabbitmq_url": IN_MEMORY,
+        "redis_url": IN_MEMORY,
+        "dev_mode": True,
+    }
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeRedis(server=server)
+    broker = StubBroker(middleware=worker_middleware())
+    setup_worker(WorkerSettings(**common, worker_name="dev"), broker, engine, redis)
+    api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)
+    notifier_settings = NotifierSettings(**common)
+    sio = create_server(notifier_settings, engine)
+    async_redis = fakeredis.FakeAsyncRedis(server=server)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with api.router.lifespan_context(api), run_relay(sio, async_redis, notifier_settings):
+            yield
+
+    parent = Starlette(routes=[Mount("/", app=api)], lifespan=lifespan)
+    app = socketio.ASGIApp(sio, other_asgi_app=parent)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    return DevSystem(app, broker, worker, engine, key, server)
+
+
+@contextlib.contextmanager
+def _running_worker(worker: dramatiq.Worker) -> Iterator[None]:
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+
+
+def run_dev(*, host: str, port: int, threads: int, data_dir: str) -> None:
+    """Run ``errand dev`` until interrupted."""
+    configure_logging("INFO")
+    folder = Path(data_dir)
+    state_file = folder / "dev.json"
+    previous = _read_json(state_file)
+    system = build_dev_system(folder, threads=threads, api_key=previous.get("api_key"))
+    url = f"http://{host}:{port}"
+    state_file.write_text(
+        json.dumps({"url": url, "notifier_url": url, "api_key": system.api_key}, indent=2)
+    )
+    console = Console()
+    console.print(f"\n[bold green]Errand dev[/] running at [bold]{url}[/]")
+    console.print(f"  API docs   {url}/docs")
+    console.print(f"  Socket.IO  {url}/socket.io")
+    console.print(f"  API key    [bold]{system.api_key}[/]  (admin)")
+    console.print(
+        f"  Try:       errand submit demo.pipeline --wait   (key read from {state_file})\n"
+    )
+    with _running_worker(system.worker):
+        uvicorn.run(system.app, host=host, port=port, log_config=None)
+
+
+def _read_json(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

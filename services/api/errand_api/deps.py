@@ -1,0 +1,81 @@
+"""FastAPI dependencies: settings, database session, the caller, shared services."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from errand_schema.auth import Principal, authenticate
+from errand_schema.events import EventPublisher
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from errand_api.catalog import Catalog
+from errand_api.errors import Unauthorized
+from errand_api.publisher import Publisher
+
+
+@dataclass
+class Services:
+    """What routes need beyond the request, built once in ``create_app``."""
+
+    engine: Engine
+    publisher: Publisher
+    events: EventPublisher
+    catalog: Catalog
+    redis_ping: "RedisPing"
+
+
+class RedisPing:
+    """Checks Redis for ``/readyz``."""
+
+    def __init__(self, redis: object) -> None:
+        self._redis = redis
+
+    def __call__(self) -> bool:
+        """Return whether Redis answers."""
+        try:
+            return bool(self._redis.ping())  # type: ignore[attr-defined]
+        except Exception:  # readiness probes report, they never raise
+            return False
+
+
+def get_services(request: Request) -> Services:
+    """Return the app's services."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    """Yield a database session for one request."""
+    with Session(services.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+_bearer = HTTPBearer(auto_error=False, description="An Errand API key.")
+
+
+def get_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Return the authenticated caller.
+
+    Raises:
+        Unauthorized: No bearer token, or one that is unknown or revoked.
+    """
+    if credentials is None:
+        raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
+    principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("The API key is not valid.")
+    session.commit()  # last_used_at, when it moved
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

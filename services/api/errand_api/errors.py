@@ -1,0 +1,62 @@
+"""API errors. Routes raise these; handlers in :mod:`errand_api.problems` render them."""
+
+
+class ApiError(Exception):
+    """Base of every error the API answers with on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class Unauthorized(ApiError):
+    """No valid credentials."""
+
+    status_code = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    """Valid credentials without the needed role."""
+
+    status_code = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class JobNotFound(ApiError):
+    """No job with this id that the caller may see."""
+
+    status_code = 404
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class InvalidJob(ApiError):
+    """The submission breaks a rule the request model cannot express."""
+
+    status_code = 422
+    code = "validation_error"
+    title = "Invalid request"
+
+
+class PayloadTooLarge(ApiError):
+    """The request body is larger than allowed."""
+
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class BrokerUnavailable(ApiError):
+    """RabbitMQ cannot be reached."""
+
+    status_code = 503
+    code = "broker_unavailable"
+    title = "Broker unavailable"

@@ -1,0 +1,101 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import dramatiq
+from errand_schema.auth import ensure_bootstrap_admin
+from errand_schema.db import create_db_engine
+from errand_schema.events import EventPublisher
+from errand_schema.logging import log_context
+from fastapi import FastAPI, Request, Response
+from redis import Redis
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from errand_api.catalog import Catalog
+from errand_api.deps import RedisPing, Services
+from errand_api.errors import PayloadTooLarge
+from errand_api.problems import install_problem_handlers, problem
+from errand_api.publisher import Publisher, build_broker
+from errand_api.routes import health, jobs
+from errand_api.settings import ApiSettings
+
+logger = logging.getLogger(__name__)
+
+#: Description shown at the top of ``/docs``.
+API_DESCRIPTION = """
+Errand accepts long-running jobs, answers with an id in milliseconds, and reports
+their progress live. Authenticate with `Authorization: Bearer <API key>`.
+Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(
+    settings: ApiSettings,
+    *,
+    engine: Engine | None = None,
+    broker: dramatiq.Broker | None = None,
+    redis: Redis | None = None,
+) -> FastAPI:
+    """Build the API application.
+
+    Args:
+        settings: The API settings.
+        engine: A database engine (built from settings when omitted).
+        broker: A Dramatiq broker (RabbitMQ from settings when omitted; ``errand dev``
+            passes its in-memory broker).
+        redis: A Redis client (from settings when omitted; ``errand dev`` passes its
+            in-process stand-in).
+    """
+    engine = engine or create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
+    redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+    services = Services(
+        engine=engine,
+        publisher=Publisher(broker or build_broker(settings.rabbitmq_url)),
+        events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
+        catalog=Catalog(engine, settings.job_type_cache_s),
+        redis_ping=RedisPing(redis),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.bootstrap_admin_key is not None:
+            with Session(engine) as session:
+                ensure_bootstrap_admin(session, settings.bootstrap_admin_key.get_secret_value())
+        yield
+
+    app = FastAPI(
+        title="Errand API",
+        version="1.0.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_problem_handlers(app)
+    _install_request_middleware(app, settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def _install_request_middleware(app: FastAPI, max_body_bytes: int) -> None:
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        request.state.request_id = request_id
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            err = PayloadTooLarge(f"The body is larger than {max_body_bytes} bytes.")
+            return problem(request, err.status_code, err.code, err.title, err.detail)
+        token = log_context.set({"request_id": request_id})
+        try:
+            response = await call_next(request)
+        finally:
+            log_context.reset(token)
+        response.headers["X-Request-ID"] = request_id
+        return response

@@ -1,0 +1,55 @@
+"""Publishes step messages by name, without importing worker code (STYLE, section 2)."""
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from errand_schema.messages import RunJobStep
+from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Sends the wake-up message of a job to its queue."""
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+
+    def publish(self, msg: RunJobStep, queue: str, priority: str) -> bool:
+        """Send ``msg``; return False (and log) if the broker could not take it.
+
+        Note:
+            A failure is not an error for the caller: the job row is committed with
+            ``published_at`` NULL and the reconciler publishes it later.
+        """
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=queue,
+            actor_name=step_actor_name(queue),
+            args=(msg.model_dump(mode="json"),),
+            kwargs={},
+            options={"broker_priority": BROKER_PRIORITY[Priority(priority)]},
+        )
+        try:
+            self._broker.enqueue(message)
+        except Exception:  # any broker failure: the row is safe, publish later
+            logger.warning(
+                "could not publish job %s; it waits for the reconciler", msg.job_id, exc_info=True
+            )
+            return False
+        return True
+
+    def is_reachable(self) -> bool:
+        """Whether the broker answers (for ``/readyz``)."""
+        if not isinstance(self._broker, RabbitmqBroker):
+            return True
+        try:
+            self._broker.channel  # noqa: B018  (opens the connection if it is closed)
+        except Exception:  # readiness probes report, they never raise
+            return False
+        return True
+
+
+def build_broker(url: str) -> RabbitmqBroker:
+    """Return the API's broker: publish-only, with priorities and publisher confirms."""
+    return RabbitmqBroker(url=url, max_priority=MAX_PRIORITY, confirm_delivery=True, middleware=[])

@@ -1,0 +1,66 @@
+"""The notifier's ASGI app: Socket.IO plus ``/healthz`` and ``/readyz``."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from errand_schema.db import create_db_engine
+from redis.asyncio import Redis
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from errand_notifier.server import create_server, run_relay
+from errand_notifier.settings import NotifierSettings
+from errand_notifier.store import Store
+
+
+def create_app(
+    settings: NotifierSettings, *, engine: Engine | None = None, redis: Any = None
+) -> socketio.ASGIApp:
+    """Build the notifier: Socket.IO at ``/socket.io`` and health probes beside it."""
+    engine = engine or create_db_engine(settings.database_url)
+    redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+    sio = create_server(settings, engine)
+
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        checks = {"database": _db_ok(engine), "redis": await _redis_ok(redis)}
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if settings.bootstrap_admin_key is not None:
+            Store(engine).ensure_bootstrap_admin(settings.bootstrap_admin_key.get_secret_value())
+        async with run_relay(sio, redis, settings):
+            yield
+
+    health = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan
+    )
+    return socketio.ASGIApp(sio, other_asgi_app=health)
+
+
+def _db_ok(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:  # readiness probes report, they never raise
+        return False
+    return True
+
+
+async def _redis_ok(redis: Any) -> bool:
+    try:
+        return bool(await redis.ping())
+    except Exception:  # readiness probes report, they never raise
+        return False

@@ -1,0 +1,41 @@
+"""Builds the Socket.IO server and the ASGI app around it."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from sqlalchemy import Engine
+
+from errand_notifier.namespace import JobsNamespace
+from errand_notifier.relay import Relay
+from errand_notifier.settings import NotifierSettings
+from errand_notifier.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncServer:
+    """Return the Socket.IO server with the jobs namespace registered."""
+    origins: Any = "*" if settings.cors_origins == ["*"] else settings.cors_origins
+    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=origins)
+    sio.register_namespace(JobsNamespace(Store(engine), settings.max_replay))
+    return sio
+
+
+@contextlib.asynccontextmanager
+async def run_relay(
+    sio: socketio.AsyncServer, redis: Any, settings: NotifierSettings
+) -> AsyncIterator[Relay]:
+    """Run the stream relay for the lifetime of the block."""
+    relay = Relay(sio, redis, settings.redis_prefix, settings.stream_block_ms)
+    task = asyncio.create_task(relay.run(), name="errand-relay")
+    try:
+        await asyncio.wait_for(relay.ready.wait(), timeout=10)
+        yield relay
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,1 @@
+"""Dramatiq actors: thin adapters from broker messages to the step runner."""

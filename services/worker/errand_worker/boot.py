@@ -1,0 +1,24 @@
+"""Entry module for the Dramatiq CLI (``dramatiq errand_worker.boot``).
+
+Importing it reads the settings, builds the broker and declares the actors: the one
+module of the worker with import-time side effects, as the Dramatiq CLI requires.
+"""
+
+import dramatiq
+from errand_schema.db import create_db_engine
+from errand_schema.logging import configure_logging
+from redis import Redis
+
+from errand_worker.broker import build_broker, setup_worker
+from errand_worker.settings import get_settings
+
+settings = get_settings()
+configure_logging(settings.log_level, json_lines=settings.log_json)
+broker = build_broker(settings)
+dramatiq.set_broker(broker)
+runtime = setup_worker(
+    settings,
+    broker,
+    create_db_engine(settings.database_url, pool_size=settings.threads + 2),
+    Redis.from_url(settings.redis_url),
+)

@@ -1,0 +1,122 @@
+"""Builds the broker and wires a worker process: runtime, job types, actors."""
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
+from errand_schema.events import EventPublisher
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, utcnow
+from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
+from redis import Redis
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
+
+from errand_worker.actors.steps import declare_step_actors
+from errand_worker.jobtypes import builtin_job_types
+from errand_worker.registry import Registry, default_registry, load_job_modules, register_job_types
+from errand_worker.runtime import Enqueue, WorkerRuntime
+from errand_worker.settings import WorkerSettings
+from errand_worker.watchdog import LeaseKeeper, Watchdog
+
+logger = logging.getLogger(__name__)
+
+
+def worker_middleware() -> list[dramatiq.Middleware]:
+    """The worker's middleware, in order.
+
+    Dramatiq's ``TimeLimit`` is left out on purpose: step deadlines are enforced by
+    :class:`~errand_worker.watchdog.Watchdog`, which also works in an in-process
+    worker (``errand dev``), where ``TimeLimit`` never starts.
+    """
+    return [ShutdownNotifications(), CurrentMessage(), Retries()]
+
+
+def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
+    """Return the production broker: RabbitMQ with priorities and publisher confirms."""
+    return RabbitmqBroker(
+        url=settings.rabbitmq_url,
+        max_priority=MAX_PRIORITY,
+        confirm_delivery=True,
+        middleware=worker_middleware(),
+    )
+
+
+def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
+    """Return the function the runner sends step messages with."""
+
+    def enqueue(msg: RunJobStep, queue: str, priority: str, delay_ms: int | None) -> None:
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=queue,
+            actor_name=step_actor_name(queue),
+            args=(msg.model_dump(mode="json"),),
+            kwargs={},
+            options={"broker_priority": BROKER_PRIORITY[Priority(priority)]},
+        )
+        broker.enqueue(message, delay=delay_ms)
+        stmt = (
+            update(Job)
+            .where(col(Job.id) == msg.job_id, col(Job.published_at).is_(None))
+            .values(published_at=utcnow())
+        )
+        with engine.begin() as conn:
+            conn.execute(stmt)
+
+    return enqueue
+
+
+def build_registry(settings: WorkerSettings) -> Registry:
+    """Return the built-in types plus those of ``ERRAND_JOB_MODULES``."""
+    load_job_modules(settings.job_modules)
+    registry = Registry()
+    secret = settings.signing_secret.get_secret_value() if settings.signing_secret else None
+    for spec in builtin_job_types(
+        signing_secret=secret, webhook_timeout_s=settings.webhook_timeout_s
+    ):
+        registry.add(spec)
+    for spec in default_registry:
+        registry.add(spec)
+    return registry
+
+
+def setup_worker(
+    settings: WorkerSettings, broker: dramatiq.Broker, engine: Engine, redis: Redis
+) -> WorkerRuntime:
+    """Register job types in the database and declare the actors on ``broker``."""
+    registry = build_registry(settings)
+    _register(engine, registry)
+    runtime = WorkerRuntime(
+        engine=engine,
+        events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
+        enqueue=make_enqueue(broker, engine),
+        registry=registry,
+        worker=settings.worker_name,
+        lease_s=settings.lease_s,
+        default_step_timeout_s=settings.default_step_timeout_s,
+        leases=LeaseKeeper(engine, settings.worker_name, settings.lease_s),
+        watchdog=Watchdog(),
+    )
+    queues = sorted(set(settings.queues) | registry.queues())
+    declare_step_actors(broker, runtime, queues)
+    logger.info(
+        "worker %s serves %d job types on queues %s",
+        settings.worker_name,
+        len(list(registry)),
+        ", ".join(queues),
+    )
+    return runtime
+
+
+def _register(engine: Engine, registry: Registry) -> None:
+    for _ in range(3):
+        try:
+            with Session(engine) as session:
+                register_job_types(session, registry)
+                session.commit()
+            return
+        except IntegrityError:
+            # Two worker processes registered the same new type at once; try again.
+            continue
+    raise RuntimeError("could not register job types")

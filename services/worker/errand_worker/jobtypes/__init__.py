@@ -1,0 +1,15 @@
+"""Built-in job types: ``demo.pipeline``, ``webhook.deliver`` and ``noop``."""
+
+from errand_worker.jobtypes.demo_pipeline import demo_pipeline
+from errand_worker.jobtypes.noop import noop
+from errand_worker.jobtypes.webhook_deliver import build_webhook_deliver
+from errand_worker.registry import JobTypeSpec
+
+
+def builtin_job_types(*, signing_secret: str | None, webhook_timeout_s: float) -> list[JobTypeSpec]:
+    """Return the built-in job types, configured."""
+    return [
+        demo_pipeline,
+        noop,
+        build_webhook_deliver(signing_secret=signing_secret, timeout_s=webhook_timeout_s),
+    ]

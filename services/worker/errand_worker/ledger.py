@@ -1,0 +1,326 @@
+"""The step's transactions: claim, progress, complete, fail, cancel.
+
+Each function locks the job row, checks the fence (lease owner, step, attempt), writes
+the change with its events through :mod:`errand_schema.transition`, and commits. A
+stale attempt (its lease was taken over) changes nothing.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from errand_schema.events import EventType, JobEventMessage
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, JobAttempt, JobStep, utcnow
+from errand_schema.retry import RetryPolicy
+from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
+from errand_schema.transition import append_event, lock_job, transition_job
+from pydantic import BaseModel, ValidationError
+from sqlmodel import Session, col, select
+
+from errand_worker.errors import JobCancelled, LeaseLost
+from errand_worker.registry import JobTypeSpec, StepSpec
+from errand_worker.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Claim:
+    """A step this worker holds the lease on."""
+
+    job_id: uuid.UUID
+    owner: uuid.UUID
+    spec: JobTypeSpec
+    payload: BaseModel
+    steps: list[StepSpec]
+    step_index: int
+    attempt: int
+    queue: str
+    priority: str
+    timeout_s: float
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> StepSpec:
+        """The step being run."""
+        return self.steps[self.step_index]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a message was not run, and whether to look again later."""
+
+    reason: str
+    #: Look again after this long: (seconds, queue, priority).
+    retry_later: tuple[float, str, str] | None = None
+    dead_letter: bool = False
+
+
+@dataclass(frozen=True)
+class NextMessage:
+    """A step message to send after the commit."""
+
+    message: RunJobStep
+    queue: str
+    priority: str
+    delay_ms: int | None = None
+
+
+def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
+    """Take the lease on the message's step, or say why not."""
+    with rt.transaction() as (s, events):
+        job = lock_job(s, msg.job_id)
+        if job is None:
+            return Refusal("no such job")
+        status = JobStatus(job.status)
+        if status in FINISHED_STATUSES or status in (JobStatus.SCHEDULED, JobStatus.BLOCKED):
+            return Refusal(f"job is {status}")
+        if job.step_index != msg.step_index:
+            return Refusal("stale message: step already done")
+        if job.cancel_requested_at is not None:
+            cancel_job(s, events, job, f"worker:{rt.worker}", "cancelled before start")
+            return Refusal("cancelled")
+        now = utcnow()
+        if job.lease_owner is not None:
+            assert job.lease_expires_at is not None
+            if job.lease_expires_at > now:
+                left = (job.lease_expires_at - now).total_seconds()
+                return Refusal(
+                    "leased by another attempt", retry_later=(left + 0.2, job.queue, job.priority)
+                )
+            if not _take_over(s, events, job, rt.worker):
+                return Refusal("attempts exhausted by lost workers", dead_letter=True)
+            attempt = job.attempt + 1
+        elif msg.attempt != job.attempt + 1:
+            return Refusal("stale message: attempt superseded")
+        else:
+            attempt = msg.attempt
+        return _start(rt, s, events, job, attempt)
+
+
+def _start(
+    rt: WorkerRuntime, s: Session, events: list[JobEventMessage], job: Job, attempt: int
+) -> Claim | Refusal:
+    actor = f"worker:{rt.worker}"
+    spec = rt.registry.get(job.type)
+    if spec is None:
+        _fail_now(s, events, job, actor, "unknown_job_type", f"no worker serves {job.type!r}")
+        return Refusal("unknown job type")
+    try:
+        payload = spec.payload.model_validate(job.payload)
+    except ValidationError as exc:
+        _fail_now(s, events, job, actor, "invalid_payload", str(exc))
+        return Refusal("invalid payload")
+    plan = spec.plan(payload)
+    rows = _step_rows(s, job.id, plan)
+    step_row = rows[job.step_index]
+    now = utcnow()
+    if job.status != JobStatus.RUNNING:
+        events.append(
+            transition_job(s, job, JobStatus.RUNNING, actor=actor, data={"attempt": attempt})
+        )
+    job.attempt = attempt
+    job.step = step_row.name
+    job.lease_owner = rt.worker
+    job.lease_expires_at = now + timedelta(seconds=rt.lease_s)
+    step_row.status = StepStatus.RUNNING
+    step_row.attempts += 1
+    step_row.started_at = step_row.started_at or now
+    step_row.error = None
+    s.add(step_row)
+    s.add(JobAttempt(job_id=job.id, step_index=job.step_index, attempt=attempt, worker=rt.worker))
+    events.append(
+        append_event(
+            s,
+            job,
+            EventType.STEP,
+            actor=actor,
+            message=f"step {step_row.name} started",
+            data={
+                "step": step_row.name,
+                "index": job.step_index,
+                "attempt": attempt,
+                "state": "started",
+            },
+        )
+    )
+    step = plan[job.step_index]
+    return Claim(
+        job_id=job.id,
+        owner=job.owner_id,
+        spec=spec,
+        payload=payload,
+        steps=plan,
+        step_index=job.step_index,
+        attempt=attempt,
+        queue=job.queue,
+        priority=job.priority,
+        timeout_s=step.timeout_s or job.timeout_s or spec.timeout_s or rt.default_step_timeout_s,
+        outputs={r.name: r.output for r in rows[: job.step_index]},
+    )
+
+
+def _step_rows(s: Session, job_id: uuid.UUID, plan: list[StepSpec]) -> list[JobStep]:
+    rows = list(
+        s.exec(select(JobStep).where(JobStep.job_id == job_id).order_by(col(JobStep.index))).all()
+    )
+    if not rows:
+        rows = [JobStep(job_id=job_id, index=i, name=p.name) for i, p in enumerate(plan)]
+        s.add_all(rows)
+    return rows
+
+
+def _take_over(s: Session, events: list[JobEventMessage], job: Job, worker: str) -> bool:
+    """Record the attempt whose lease expired as lost; False if no attempt is left."""
+    lost = s.exec(
+        select(JobAttempt).where(
+            JobAttempt.job_id == job.id,
+            JobAttempt.step_index == job.step_index,
+            JobAttempt.attempt == job.attempt,
+        )
+    ).first()
+    if lost is not None and lost.outcome == "running":
+        lost.outcome = "lost"
+        lost.finished_at = utcnow()
+        lost.error_message = f"lease of {lost.worker} expired"
+        s.add(lost)
+    data = {"attempt": job.attempt, "previous_worker": job.lease_owner}
+    job.lease_owner = None
+    job.lease_expires_at = None
+    events.append(
+        append_event(
+            s,
+            job,
+            EventType.STALLED,
+            actor=f"worker:{worker}",
+            message="lease expired; the attempt was lost",
+            data=data,
+        )
+    )
+    if job.attempt >= job.max_attempts:
+        job.error = {
+            "type": "WorkerLost",
+            "message": "worker lost on the last attempt",
+            "step": job.step,
+            "reason": "lost",
+        }
+        events.append(transition_job(s, job, JobStatus.DEAD, actor=f"worker:{worker}"))
+        return False
+    return True
+
+
+def _fail_now(
+    s: Session, events: list[JobEventMessage], job: Job, actor: str, reason: str, message: str
+) -> None:
+    job.error = {"type": reason, "message": message, "step": job.step, "reason": reason}
+    if job.status != JobStatus.RUNNING:
+        events.append(transition_job(s, job, JobStatus.RUNNING, actor=actor))
+    events.append(transition_job(s, job, JobStatus.FAILED, actor=actor, message=message))
+
+
+def cancel_job(
+    s: Session, events: list[JobEventMessage], job: Job, actor: str, message: str
+) -> None:
+    """Cancel ``job`` (locked): unfinished steps become cancelled; the caller commits."""
+    for row in s.exec(select(JobStep).where(JobStep.job_id == job.id)).all():
+        if row.status in (StepStatus.PENDING, StepStatus.RUNNING):
+            row.status = StepStatus.CANCELLED
+            s.add(row)
+    events.append(
+        transition_job(
+            s, job, JobStatus.CANCELLED, actor=actor, message=message, data={"step": job.step}
+        )
+    )
+
+
+def fenced_job(s: Session, claim: Claim, worker: str) -> Job:
+    """Lock the claim's job and check this attempt still owns it.
+
+    Raises:
+        LeaseLost: Another attempt owns it, or it moved on (cancelled, finished).
+    """
+    job = lock_job(s, claim.job_id)
+    if (
+        job is None
+        or job.lease_owner != worker
+        or job.attempt != claim.attempt
+        or job.step_index != claim.step_index
+        or job.status != JobStatus.RUNNING
+    ):
+        raise LeaseLost(f"job {claim.job_id} step {claim.step_index} attempt {claim.attempt}")
+    return job
+
+
+def report_progress(rt: WorkerRuntime, claim: Claim, percent: float, message: str | None) -> None:
+    """Record a step's progress and the job's, as one ``progress`` event.
+
+    Raises:
+        JobCancelled: Cancellation was requested.
+        LeaseLost: This attempt no longer owns the job.
+    """
+    with rt.transaction() as (s, events):
+        job = fenced_job(s, claim, rt.worker)
+        if job.cancel_requested_at is not None:
+            raise JobCancelled(str(claim.job_id))
+        row = s.get(JobStep, (claim.job_id, claim.step_index))
+        assert row is not None
+        row.progress = int(percent)
+        s.add(row)
+        job.progress = overall_progress(claim.step_index, len(claim.steps), percent)
+        job.lease_expires_at = utcnow() + timedelta(seconds=rt.lease_s)
+        events.append(
+            append_event(
+                s,
+                job,
+                EventType.PROGRESS,
+                actor=f"worker:{rt.worker}",
+                message=message,
+                data={"step": claim.step.name, "step_progress": int(percent)},
+            )
+        )
+
+
+def check_cancel(rt: WorkerRuntime, claim: Claim) -> None:
+    """Raise :class:`JobCancelled` if the job was cancelled (a read, no lock)."""
+    with rt.transaction() as (s, _):
+        requested = s.exec(select(Job.cancel_requested_at).where(Job.id == claim.job_id)).first()
+    if requested is not None:
+        raise JobCancelled(str(claim.job_id))
+
+
+def overall_progress(step_index: int, step_count: int, step_percent: float) -> int:
+    """Return the job's progress (0-100) from its current step and that step's progress."""
+    if step_count <= 0:
+        return 100
+    return min(100, int((step_index * 100 + step_percent) / step_count))
+
+
+def retry_policy(job: Job, spec: JobTypeSpec) -> RetryPolicy:
+    """Return the job's own retry policy if it has one, else its type's."""
+    return RetryPolicy.model_validate(job.retry) if job.retry else spec.retry
+
+
+def finish_attempt(
+    s: Session, claim: Claim, outcome: str, duration_ms: float, error: dict[str, Any] | None = None
+) -> None:
+    """Close the claim's attempt row with its outcome."""
+    row = s.exec(
+        select(JobAttempt).where(
+            JobAttempt.job_id == claim.job_id,
+            JobAttempt.step_index == claim.step_index,
+            JobAttempt.attempt == claim.attempt,
+        )
+    ).first()
+    if row is None:
+        return
+    row.outcome = outcome
+    row.finished_at = utcnow()
+    row.duration_ms = duration_ms
+    if error:
+        row.error_type = error.get("type")
+        row.error_message = error.get("message")
+        row.traceback = error.get("traceback")
+    s.add(row)

@@ -1,0 +1,175 @@
+"""How an attempt ends: completed, failed (retry, dead or final) or cancelled."""
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from errand_schema.events import EventType
+from errand_schema.messages import RunJobStep
+from errand_schema.models import JobStep, utcnow
+from errand_schema.states import JobStatus, StepStatus
+from errand_schema.transition import append_event, transition_job
+from sqlmodel import Session
+
+from errand_worker.ledger import (
+    Claim,
+    NextMessage,
+    cancel_job,
+    fenced_job,
+    finish_attempt,
+    overall_progress,
+    retry_policy,
+)
+from errand_worker.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the runner does after the commit."""
+
+    #: ``completed``, ``next``, ``retrying``, ``failed``, ``dead``, ``cancelled``.
+    kind: str
+    next: NextMessage | None = None
+
+
+def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: float) -> Outcome:
+    """Checkpoint the step's output and move the job to its next step or to completed.
+
+    Raises:
+        LeaseLost: The attempt was superseded; its output is discarded.
+    """
+    actor = f"worker:{rt.worker}"
+    with rt.transaction() as (s, events):
+        job = fenced_job(s, claim, rt.worker)
+        row = _step_row(s, claim)
+        now = utcnow()
+        row.status = StepStatus.COMPLETED
+        row.output = output
+        row.progress = 100
+        row.finished_at = now
+        s.add(row)
+        finish_attempt(s, claim, "completed", duration_ms)
+        job.progress = overall_progress(claim.step_index + 1, len(claim.steps), 0)
+        events.append(
+            append_event(
+                s,
+                job,
+                EventType.STEP,
+                actor=actor,
+                message=f"step {row.name} completed",
+                data={
+                    "step": row.name,
+                    "index": claim.step_index,
+                    "attempt": claim.attempt,
+                    "state": "completed",
+                    "duration_ms": round(duration_ms, 1),
+                },
+            )
+        )
+        job.lease_owner = None
+        job.lease_expires_at = None
+        if job.cancel_requested_at is not None:
+            cancel_job(s, events, job, actor, "cancelled at a step boundary")
+            return Outcome("cancelled")
+        if claim.step_index + 1 >= len(claim.steps):
+            job.result = output
+            job.progress = 100
+            job.step_index = len(claim.steps)
+            job.step = None
+            events.append(transition_job(s, job, JobStatus.COMPLETED, actor=actor))
+            return Outcome("completed")
+        job.step_index = claim.step_index + 1
+        job.step = claim.steps[job.step_index].name
+        job.attempt = 0
+        job.published_at = None
+        nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
+        return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
+
+
+def fail_step(
+    rt: WorkerRuntime, claim: Claim, error: dict[str, Any], duration_ms: float, *, permanent: bool
+) -> Outcome:
+    """Record a failed attempt and decide: retry later, dead (DLQ) or failed for good.
+
+    Args:
+        rt: The runtime.
+        claim: The attempt that failed.
+        error: ``{type, message, traceback, reason}``; reason is ``error``,
+            ``permanent`` or ``timeout``.
+        duration_ms: How long the attempt ran.
+        permanent: Skip retries (the handler raised ``PermanentError``).
+
+    Raises:
+        LeaseLost: The attempt was superseded; nothing is recorded.
+    """
+    actor = f"worker:{rt.worker}"
+    public_error = {k: v for k, v in error.items() if k != "traceback"}
+    public_error["step"] = claim.step.name
+    public_error["attempt"] = claim.attempt
+    with rt.transaction() as (s, events):
+        job = fenced_job(s, claim, rt.worker)
+        row = _step_row(s, claim)
+        row.status = StepStatus.FAILED
+        row.error = public_error
+        s.add(row)
+        finish_attempt(
+            s,
+            claim,
+            "timeout" if error.get("reason") == "timeout" else "failed",
+            duration_ms,
+            error,
+        )
+        job.error = public_error
+        job.lease_owner = None
+        job.lease_expires_at = None
+        message = f"{error['type']}: {error['message']}"[:500]
+        if permanent:
+            events.append(transition_job(s, job, JobStatus.FAILED, actor=actor, message=message))
+            return Outcome("failed")
+        delay_s = retry_policy(job, claim.spec).delay_s(claim.attempt)
+        if delay_s is None or job.attempt >= job.max_attempts:
+            events.append(
+                transition_job(
+                    s,
+                    job,
+                    JobStatus.DEAD,
+                    actor=actor,
+                    message=message,
+                    data={"attempts": job.attempt},
+                )
+            )
+            return Outcome("dead")
+        job.published_at = None
+        events.append(
+            transition_job(
+                s,
+                job,
+                JobStatus.RETRYING,
+                actor=actor,
+                message=message,
+                data={
+                    "attempt": claim.attempt,
+                    "delay_s": round(delay_s, 3),
+                    "step": claim.step.name,
+                },
+            )
+        )
+    nxt = RunJobStep(job_id=claim.job_id, step_index=claim.step_index, attempt=claim.attempt + 1)
+    return Outcome("retrying", NextMessage(nxt, claim.queue, claim.priority, int(delay_s * 1000)))
+
+
+def cancel_running(rt: WorkerRuntime, claim: Claim, duration_ms: float) -> Outcome:
+    """Record that the running step stopped because the job was cancelled."""
+    with rt.transaction() as (s, events):
+        job = fenced_job(s, claim, rt.worker)
+        finish_attempt(s, claim, "cancelled", duration_ms)
+        cancel_job(s, events, job, f"worker:{rt.worker}", f"cancelled during step {job.step}")
+    return Outcome("cancelled")
+
+
+def _step_row(s: Session, claim: Claim) -> JobStep:
+    row = s.get(JobStep, (claim.job_id, claim.step_index))
+    assert row is not None, "claimed step has a row"
+    return row

@@ -1,0 +1,137 @@
+"""The step runner: one message runs one step of one job (DESIGN.md, "Process")."""
+
+import asyncio
+import logging
+import time
+import traceback
+from typing import Any
+
+from errand_schema.logging import log_context
+from errand_schema.messages import RunJobStep
+
+from errand_worker.context import StepContext
+from errand_worker.errors import JobCancelled, LeaseLost, PermanentError, StepTimeout
+from errand_worker.ledger import Claim, Refusal, check_cancel, claim_step, report_progress
+from errand_worker.outcome import Outcome, cancel_running, complete_step, fail_step
+from errand_worker.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+
+def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
+    """Claim the message's step, run it, record the outcome, send the next message.
+
+    Returns:
+        What happened; the actor dead-letters the message when it is ``dead``.
+    """
+    token = log_context.set({"job_id": str(msg.job_id), "step": str(msg.step_index)})
+    try:
+        claim = claim_step(rt, msg)
+        if isinstance(claim, Refusal):
+            return _refused(rt, msg, claim)
+        log_context.set(
+            {"job_id": str(msg.job_id), "step": claim.step.name, "attempt": str(claim.attempt)}
+        )
+        rt.leases.hold(claim.job_id)
+        try:
+            outcome = _run_claimed(rt, claim)
+        finally:
+            rt.leases.release(claim.job_id)
+        if outcome.next is not None:
+            nxt = outcome.next
+            rt.enqueue(nxt.message, nxt.queue, nxt.priority, nxt.delay_ms)
+        return outcome
+    finally:
+        log_context.reset(token)
+
+
+def _refused(rt: WorkerRuntime, msg: RunJobStep, refusal: Refusal) -> Refusal:
+    logger.info("skipping message: %s", refusal.reason)
+    if refusal.retry_later is not None:
+        # Another worker holds a live lease (a duplicate delivery, or a worker that may
+        # have died): look again once that lease could have expired.
+        delay_s, queue, priority = refusal.retry_later
+        rt.enqueue(msg, queue, priority, int(delay_s * 1000))
+    return refusal
+
+
+def _run_claimed(rt: WorkerRuntime, claim: Claim) -> Outcome:
+    ctx = StepContext(
+        job_id=claim.job_id,
+        job_type=claim.spec.name,
+        step=claim.step.name,
+        step_index=claim.step_index,
+        attempt=claim.attempt,
+        payload=claim.payload,
+        outputs=claim.outputs,
+        _report=lambda pct, message: report_progress(rt, claim, pct, message),
+        _check=lambda: check_cancel(rt, claim),
+    )
+    logger.info("step %s started (attempt %d)", claim.step.name, claim.attempt)
+    started = time.perf_counter()
+    try:
+        output = _call_with_deadline(rt, claim, ctx)
+    except LeaseLost:
+        logger.warning("attempt superseded; its result is discarded")
+        return Outcome("superseded")
+    except JobCancelled:
+        _on_cancel(claim, ctx)
+        return _record(rt, claim, lambda ms: cancel_running(rt, claim, ms), started)
+    except StepTimeout:
+        err = _error(StepTimeout(f"step timed out after {claim.timeout_s:g} s"), "timeout")
+        return _record(
+            rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=False), started
+        )
+    except PermanentError as exc:
+        err = _error(exc, "permanent")
+        return _record(rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=True), started)
+    except Exception as exc:  # a handler's failure is data, not a crash of the worker
+        err = _error(exc, "error")
+        return _record(
+            rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=False), started
+        )
+    return _record(rt, claim, lambda ms: complete_step(rt, claim, output, ms), started)
+
+
+def _record(rt: WorkerRuntime, claim: Claim, write: Any, started: float) -> Outcome:
+    duration_ms = (time.perf_counter() - started) * 1000
+    try:
+        outcome: Outcome = write(duration_ms)
+    except LeaseLost:
+        logger.warning("attempt superseded while recording; its result is discarded")
+        return Outcome("superseded")
+    level = logging.WARNING if outcome.kind in ("retrying", "failed", "dead") else logging.INFO
+    logger.log(level, "step %s ended: %s (%.0f ms)", claim.step.name, outcome.kind, duration_ms)
+    return outcome
+
+
+def _call_with_deadline(rt: WorkerRuntime, claim: Claim, ctx: StepContext) -> Any:
+    token = rt.watchdog.arm(claim.timeout_s)
+    try:
+        if claim.step.is_async:
+            return asyncio.run(claim.step.fn(ctx))
+        return claim.step.fn(ctx)
+    finally:
+        if rt.watchdog.disarm(token):
+            raise StepTimeout(f"step timed out after {claim.timeout_s:g} s")
+
+
+def _on_cancel(claim: Claim, ctx: StepContext) -> None:
+    hook = claim.spec.on_cancel_fn
+    if hook is None:
+        return
+    try:
+        result = hook(ctx)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    except Exception:  # cleanup must not turn a cancel into a failure
+        logger.warning("on_cancel hook failed", exc_info=True)
+
+
+def _error(exc: BaseException, reason: str) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "reason": reason,
+        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+    }

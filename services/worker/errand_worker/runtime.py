@@ -1,0 +1,40 @@
+"""Everything the step runner needs from its process, passed explicitly."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from errand_schema.db import session_scope
+from errand_schema.events import EventPublisher, JobEventMessage
+from errand_schema.messages import RunJobStep
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from errand_worker.registry import Registry
+from errand_worker.watchdog import LeaseKeeper, Watchdog
+
+#: Sends a step message: (message, queue, priority name, delay in ms or None).
+Enqueue = Callable[[RunJobStep, str, str, int | None], None]
+
+
+@dataclass
+class WorkerRuntime:
+    """The connections, registry and limits of one worker process."""
+
+    engine: Engine
+    events: EventPublisher
+    enqueue: Enqueue
+    registry: Registry
+    worker: str
+    lease_s: float
+    default_step_timeout_s: float
+    leases: LeaseKeeper
+    watchdog: Watchdog
+
+    @contextmanager
+    def transaction(self) -> Iterator[tuple[Session, list[JobEventMessage]]]:
+        """Yield a session and an event list; publish the events after the commit."""
+        events: list[JobEventMessage] = []
+        with session_scope(self.engine) as session:
+            yield session, events
+        self.events.publish(events)

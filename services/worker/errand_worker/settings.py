@@ -1,0 +1,43 @@
+"""Worker settings (``ERRAND_*`` environment variables)."""
+
+import os
+import socket
+from functools import lru_cache
+from typing import Annotated
+
+from errand_schema.queues import DEFAULT_QUEUE
+from errand_schema.settings import CommonSettings, split_commas
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+
+def _default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of ``errand worker``."""
+
+    #: Queues this worker consumes (comma-separated in the environment).
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_QUEUE])
+    #: Module paths of user job types, imported at start (comma-separated).
+    job_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Worker processes and threads per process (``errand worker``).
+    processes: int = 1
+    threads: int = 8
+    #: How long a claim on a step lasts without a heartbeat.
+    lease_s: float = 15.0
+    #: Default timeout of a step whose type names none.
+    default_step_timeout_s: float = 600.0
+    #: Name in leases and attempts; host:pid unless set.
+    worker_name: str = Field(default_factory=_default_worker_name)
+    #: Timeout of one ``webhook.deliver`` request.
+    webhook_timeout_s: float = 10.0
+
+    _split = field_validator("queues", "job_modules", mode="before")(split_commas)
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    """Return the process's settings, read once from the environment."""
+    return WorkerSettings()

@@ -1,0 +1,69 @@
+"""Database engines and sessions for PostgreSQL (production) and SQLite (dev mode)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, create_engine
+
+
+def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
+    """Create an engine for ``url``.
+
+    On SQLite every transaction begins with ``BEGIN IMMEDIATE`` and the database runs
+    in WAL mode with a busy timeout, so the worker threads, the API and the notifier of
+    ``errand dev`` serialise their writes instead of failing with "database is locked"
+    (SQLite has no ``SELECT ... FOR UPDATE``).
+
+    Args:
+        url: A SQLAlchemy URL (``postgresql+psycopg://...`` or ``sqlite:///path``).
+        pool_size: Connections kept open per process (PostgreSQL).
+        echo: Log every statement.
+    """
+    if url.startswith("sqlite"):
+        return _create_sqlite_engine(url, echo=echo)
+    return create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
+    connect_args = {"check_same_thread": False, "timeout": 30, "isolation_level": None}
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        # One shared connection, or every thread would see its own empty database.
+        engine = create_engine(url, echo=echo, connect_args=connect_args, poolclass=StaticPool)
+    else:
+        engine = create_engine(url, echo=echo, connect_args=connect_args)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """Yield a session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,227 @@
+"""SQLModel tables: jobs, their steps, attempts and audit events, users, keys, job types.
+
+Statuses are plain strings guarded by CHECK constraints (not native PostgreSQL ENUMs)
+so adding a state is an additive migration. ``table=True`` models do not validate:
+callers validate with a pydantic model first (API schemas, :mod:`errand_schema.messages`).
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Dialect, Index, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from errand_schema.queues import Priority
+from errand_schema.states import JobStatus, StepStatus
+
+#: JSON that is JSONB on PostgreSQL. JSON columns are always reassigned whole, never
+#: edited in place (in-place edits of a plain JSON column are not saved).
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL; on SQLite, stored as UTC and read back UTC-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes; store UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return UTC-aware datetimes on every database."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    """Return the current time, UTC-aware."""
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: Any) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(UtcDateTime(), nullable=nullable, index=index),
+    )
+
+
+class User(SQLModel, table=True):
+    """Somebody who submits jobs, or an operator (role ``admin``)."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", ("user", "admin")), name="ck_users_role"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    role: str = Field(default="user", max_length=20)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    disabled_at: datetime | None = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: a public prefix to find it and a hash of its secret part."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    prefix: str = Field(max_length=32, unique=True)
+    secret_hash: str = Field(max_length=128)
+    name: str = Field(default="default", max_length=200)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    last_used_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
+
+
+class JobType(SQLModel, table=True):
+    """A job type as a worker registered it, so the API validates without handler code."""
+
+    __tablename__ = "job_types"
+
+    name: str = Field(primary_key=True, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    payload_schema: dict[str, Any] = Field(default_factory=dict, sa_type=JsonType)
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_type=JsonType)
+    queue: str = Field(max_length=100)
+    priority: str = Field(default=Priority.NORMAL, max_length=20)
+    max_attempts: int = 3
+    retry: dict[str, Any] = Field(default_factory=dict, sa_type=JsonType)
+    timeout_s: float | None = None
+    concurrency_limit: int | None = None
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+
+
+class Job(SQLModel, table=True):
+    """One submitted job. The row is the truth; broker messages only wake workers."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in JobStatus]), name="ck_jobs_status"),
+        CheckConstraint(_in("priority", [p.value for p in Priority]), name="ck_jobs_priority"),
+        CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress"),
+        Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    type: str = Field(max_length=200, index=True)
+    owner_id: uuid.UUID = Field(foreign_key="users.id")
+    status: str = Field(max_length=20)
+    priority: str = Field(default=Priority.NORMAL, max_length=20)
+    queue: str = Field(max_length=100)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JsonType)
+    result: Any | None = Field(default=None, sa_type=JsonType)
+    error: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
+    progress: int = 0
+    #: Index of the step that runs next (or now); equals the step count when done.
+    step_index: int = 0
+    #: Name of that step (``None`` once all are done).
+    step: str | None = Field(default=None, max_length=200)
+    #: Attempt number of the current step (0 before its first attempt).
+    attempt: int = 0
+    max_attempts: int = 3
+    retry: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
+    timeout_s: float | None = None
+    #: Number of the last event written for this job; every event bumps it by one.
+    seq: int = 0
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = _ts()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    #: When the wake-up message for the current state reached the broker; NULL means
+    #: the reconciler must (re)publish it.
+    published_at: datetime | None = _ts(index=True)
+    run_at: datetime | None = _ts()
+    cancel_requested_at: datetime | None = _ts()
+
+
+class JobStep(SQLModel, table=True):
+    """One step of a job: its status, progress, checkpointed output and last error."""
+
+    __tablename__ = "job_steps"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in StepStatus]), name="ck_job_steps_status"),
+    )
+
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", primary_key=True, ondelete="CASCADE")
+    index: int = Field(primary_key=True)
+    name: str = Field(max_length=200)
+    status: str = Field(default=StepStatus.PENDING, max_length=20)
+    progress: int = 0
+    attempts: int = 0
+    output: Any | None = Field(default=None, sa_type=JsonType)
+    error: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
+    timeout_s: float | None = None
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class JobAttempt(SQLModel, table=True):
+    """One attempt at one step: who ran it, how long, and how it ended."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "step_index", "attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    step_index: int
+    attempt: int
+    worker: str = Field(max_length=200)
+    #: ``running`` while it runs, then completed / failed / timeout / cancelled / lost.
+    outcome: str = Field(default="running", max_length=20)
+    error_type: str | None = Field(default=None, max_length=200)
+    error_message: str | None = None
+    traceback: str | None = None
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    finished_at: datetime | None = _ts()
+    duration_ms: float | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    """The audit log: every event of a job (transitions and progress) with its seq."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    seq: int
+    type: str = Field(max_length=30)
+    status: str = Field(max_length=20)
+    from_status: str | None = Field(default=None, max_length=20)
+    progress: int = 0
+    step: str | None = Field(default=None, max_length=200)
+    message: str | None = None
+    data: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
+    #: Who caused it: ``api``, ``user:<id>``, ``worker:<name>``, ``reconciler``.
+    actor: str = Field(max_length=200)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))

@@ -1,0 +1,56 @@
+"""Settings every Errand service shares, read from ``ERRAND_*`` environment variables.
+
+Each service subclasses :class:`CommonSettings` in its own ``settings.py``.
+"""
+
+from typing import Literal
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Connections and behaviour shared by api, worker and notifier.
+
+    Note:
+        Required values have no default: a service that lacks one fails at start-up
+        with the variable's name, not at its first request.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="ERRAND_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    #: SQLAlchemy URL: ``postgresql+psycopg://...`` in production, ``sqlite:///...`` in dev.
+    database_url: str
+    #: AMQP URL of RabbitMQ, including the virtual host. ``memory://`` in dev mode.
+    rabbitmq_url: str
+    #: Redis URL. ``memory://`` selects the in-process stand-in (dev mode).
+    redis_url: str
+    #: Prefix of every Redis key, so installations and test runs can share one Redis.
+    redis_prefix: str = "errand:"
+    #: Events kept in the Redis stream (approximate MAXLEN).
+    event_stream_maxlen: int = 100_000
+    #: An admin API key that exists from start (Kubernetes secrets, tests).
+    bootstrap_admin_key: SecretStr | None = None
+    #: Shared secret that signs outgoing webhooks and callbacks.
+    signing_secret: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: JSON log lines (containers) instead of text (a terminal).
+    log_json: bool = False
+    #: True in ``errand dev``: placeholders are allowed.
+    dev_mode: bool = False
+
+    @field_validator("bootstrap_admin_key", "signing_secret")
+    @classmethod
+    def _no_short_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (placeholders are refused)")
+        return value
+
+
+def split_commas(value: object) -> object:
+    """Turn ``"a, b"`` from the environment into ``["a", "b"]`` (a list passes through)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value

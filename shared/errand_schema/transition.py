@@ -1,0 +1,130 @@
+"""The one way a job changes: legal-move check, seq bump and audit row together.
+
+Callers hold the job row locked (``SELECT ... FOR UPDATE``, see :func:`lock_job`), call
+these functions, and commit: the status, the seq and the audit row land in one
+transaction or not at all. After the commit they publish the returned events.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from errand_schema.events import EventType, JobEventMessage
+from errand_schema.models import Job, JobEvent, utcnow
+from errand_schema.states import FINISHED_STATUSES, JobStatus, check_transition
+
+#: The event type written for a move into each status, unless the caller names one.
+DEFAULT_EVENT_TYPE: dict[JobStatus, EventType] = {
+    JobStatus.SCHEDULED: EventType.SCHEDULED,
+    JobStatus.BLOCKED: EventType.BLOCKED,
+    JobStatus.QUEUED: EventType.QUEUED,
+    JobStatus.RUNNING: EventType.STARTED,
+    JobStatus.RETRYING: EventType.RETRYING,
+    JobStatus.COMPLETED: EventType.COMPLETED,
+    JobStatus.FAILED: EventType.FAILED,
+    JobStatus.DEAD: EventType.DEAD,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+}
+
+
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """Load a job and lock its row for the rest of the transaction.
+
+    Note:
+        On SQLite ``FOR UPDATE`` is not emitted; dev mode's engine starts every
+        transaction with ``BEGIN IMMEDIATE`` instead, which serialises writers.
+    """
+    stmt = select(Job).where(Job.id == job_id).with_for_update()
+    return session.exec(stmt).first()
+
+
+def append_event(
+    session: Session,
+    job: Job,
+    event_type: EventType,
+    *,
+    actor: str,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+    from_status: str | None = None,
+    now: datetime | None = None,
+) -> JobEventMessage:
+    """Write an event for ``job`` (no status change): bump seq, add the audit row.
+
+    Args:
+        session: The session whose transaction holds the job row locked.
+        job: The job, already updated with the state the event reports.
+        event_type: What happened.
+        actor: Who caused it (``api``, ``user:<id>``, ``worker:<name>``...).
+        message: A short human-readable line.
+        data: Extra JSON details.
+        from_status: The status before, for transitions.
+        now: The event time (defaults to now).
+
+    Returns:
+        The wire event, to publish after the commit.
+    """
+    at = now or utcnow()
+    job.seq += 1
+    job.updated_at = at
+    row = JobEvent(
+        job_id=job.id,
+        seq=job.seq,
+        type=event_type,
+        status=job.status,
+        from_status=from_status,
+        progress=job.progress,
+        step=job.step,
+        message=message,
+        data=data,
+        actor=actor,
+        at=at,
+    )
+    session.add(job)
+    session.add(row)
+    return JobEventMessage.from_row(row, job.owner_id)
+
+
+def transition_job(
+    session: Session,
+    job: Job,
+    to_status: JobStatus,
+    *,
+    actor: str,
+    event_type: EventType | None = None,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> JobEventMessage:
+    """Move ``job`` to ``to_status`` if the state machine allows it, and record it.
+
+    Sets ``started_at`` on the first start, ``finished_at`` on a final status (and
+    clears it when a finished job is queued again).
+
+    Raises:
+        IllegalTransition: The move is not legal from the job's current status.
+    """
+    at = now or utcnow()
+    from_status = JobStatus(job.status) if job.status else None
+    check_transition(from_status, to_status)
+    job.status = to_status
+    if to_status is JobStatus.RUNNING and job.started_at is None:
+        job.started_at = at
+    if to_status in FINISHED_STATUSES:
+        job.finished_at = at
+        job.lease_owner = None
+        job.lease_expires_at = None
+    elif from_status in FINISHED_STATUSES:
+        job.finished_at = None
+    return append_event(
+        session,
+        job,
+        event_type or DEFAULT_EVENT_TYPE[to_status],
+        actor=actor,
+        message=message,
+        data=data,
+        from_status=from_status,
+        now=at,
+    )

@@ -1,0 +1,114 @@
+"""The job as clients see it (wire contract), shared by the API and the notifier."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, col, select
+
+from errand_schema.models import Job, JobEvent, JobStep
+
+
+class StepPublic(BaseModel):
+    """One step of a job as returned by the API."""
+
+    name: str
+    status: str
+    progress: int
+    attempts: int
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobPublic(BaseModel):
+    """A job as returned by ``GET /v1/jobs/{id}`` and in a subscribe ack."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                "type": "demo.pipeline",
+                "status": "running",
+                "progress": 40,
+                "step": "transform",
+            }
+        }
+    )
+
+    id: uuid.UUID
+    type: str
+    owner: uuid.UUID
+    status: str
+    priority: str
+    queue: str
+    progress: int = Field(ge=0, le=100)
+    step: str | None
+    steps: list[StepPublic]
+    attempt: int
+    max_attempts: int
+    payload: dict[str, Any]
+    result: Any | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    seq: int
+
+
+def job_public(job: Job, steps: list[JobStep]) -> JobPublic:
+    """Build the public view of ``job`` from its row and its step rows."""
+    return JobPublic(
+        id=job.id,
+        type=job.type,
+        owner=job.owner_id,
+        status=job.status,
+        priority=job.priority,
+        queue=job.queue,
+        progress=job.progress,
+        step=job.step,
+        steps=[
+            StepPublic(
+                name=s.name,
+                status=s.status,
+                progress=s.progress,
+                attempts=s.attempts,
+                error=s.error,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            )
+            for s in sorted(steps, key=lambda s: s.index)
+        ],
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        payload=job.payload,
+        result=job.result,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        seq=job.seq,
+    )
+
+
+def read_job_public(session: Session, job_id: uuid.UUID) -> tuple[Job, JobPublic] | None:
+    """Load a job and its steps; ``None`` if there is no such job."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    steps = list(session.exec(select(JobStep).where(JobStep.job_id == job_id)).all())
+    return job, job_public(job, steps)
+
+
+def read_events_after(
+    session: Session, job_id: uuid.UUID, after_seq: int, limit: int = 1000
+) -> list[JobEvent]:
+    """Return the job's events with ``seq > after_seq`` in seq order."""
+    stmt = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+        .order_by(col(JobEvent.seq))
+        .limit(limit)
+    )
+    return list(session.exec(stmt).all())

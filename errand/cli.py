@@ -6,11 +6,12 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from errand_schema.settings import DatabaseSettings
 from rich.console import Console
 
 from errand.client import FINAL_STATUSES, ErrandClient, ErrandError
 from errand.progress import JobProgress
-from errand.settings import ClientSettings, DatabaseSettings
+from errand.settings import ClientSettings
 from errand.watch import JobWatcher, poll_until_final
 
 app = typer.Typer(help="Errand: background jobs you can watch.", no_args_is_help=True)
@@ -25,27 +26,17 @@ err_console = Console(stderr=True)
 @app.command()
 def api() -> None:
     """Run the HTTP API (settings from ERRAND_* variables)."""
-    import uvicorn
-    from errand_api.main import create_app
-    from errand_api.settings import get_settings
-    from errand_schema.logging import configure_logging
+    from errand_api.main import serve
 
-    settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve()
 
 
 @app.command()
 def notifier() -> None:
     """Run the Socket.IO notifier (settings from ERRAND_* variables)."""
-    import uvicorn
-    from errand_notifier.main import create_app
-    from errand_notifier.settings import get_settings
-    from errand_schema.logging import configure_logging
+    from errand_notifier.main import serve
 
-    settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve()
 
 
 @app.command()

@@ -49,7 +49,13 @@ class DevSystem:
     redis_server: fakeredis.FakeServer
 
 
-def build_dev_system(data_dir: Path, *, threads: int = 4, api_key: str | None = None) -> DevSystem:
+def build_dev_system(
+    data_dir: Path,
+    *,
+    threads: int = 4,
+    api_key: str | None = None,
+    job_modules: list[str] | None = None,
+) -> DevSystem:
     """Create the database, broker, worker threads and the combined ASGI app.
 
     The worker threads are created but not started: call ``worker.start()``.
@@ -70,7 +76,8 @@ def build_dev_system(data_dir: Path, *, threads: int = 4, api_key: str | None = 
     server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=server)
     broker = StubBroker(middleware=worker_middleware())
-    setup_worker(WorkerSettings(**common, worker_name="dev"), broker, engine, redis)
+    worker_settings = WorkerSettings(**common, worker_name="dev", job_modules=job_modules or [])
+    setup_worker(worker_settings, broker, engine, redis)
     api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)
     notifier_settings = NotifierSettings(**common)
     sio = create_server(notifier_settings, engine)

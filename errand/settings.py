@@ -30,16 +30,6 @@ class ClientSettings(BaseSettings):
         return ClientSettings(url=url, notifier_url=notifier, api_key=key)
 
 
-class DatabaseSettings(BaseSettings):
-    """Only the database, for ``errand db`` and ``errand users``."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="ERRAND_", env_file=".env", env_ignore_empty=True, extra="ignore"
-    )
-
-    database_url: str
-
-
 def read_dev_state(path: Path = DEV_STATE_FILE) -> dict[str, str]:
     """Return what ``errand dev`` wrote, or ``{}``."""
     try:

@@ -20,3 +20,16 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_database(database_url: str, revision: str = "head") -> None:
     """Bring the database at ``database_url`` up to ``revision``."""
     command.upgrade(alembic_config(database_url), revision)
+
+
+def main() -> None:
+    """Upgrade ``ERRAND_DATABASE_URL`` to head (``python -m errand_schema.migrate``)."""
+    from errand_schema.logging import configure_logging
+    from errand_schema.settings import DatabaseSettings
+
+    configure_logging("INFO")
+    upgrade_database(DatabaseSettings().database_url)
+
+
+if __name__ == "__main__":
+    main()

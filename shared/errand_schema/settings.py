@@ -54,3 +54,13 @@ def split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class DatabaseSettings(BaseSettings):
+    """Only the database URL, for migrations and user administration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ERRAND_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    database_url: str

@@ -9,7 +9,7 @@ import dramatiq
 from errand_schema.auth import ensure_bootstrap_admin
 from errand_schema.db import create_db_engine
 from errand_schema.events import EventPublisher
-from errand_schema.logging import log_context
+from errand_schema.logging import configure_logging, log_context
 from fastapi import FastAPI, Request, Response
 from redis import Redis
 from sqlalchemy import Engine
@@ -21,7 +21,7 @@ from errand_api.errors import PayloadTooLarge
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
 from errand_api.routes import health, jobs
-from errand_api.settings import ApiSettings
+from errand_api.settings import ApiSettings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +99,12 @@ def _install_request_middleware(app: FastAPI, max_body_bytes: int) -> None:
             log_context.reset(token)
         response.headers["X-Request-ID"] = request_id
         return response
+
+
+def serve() -> None:
+    """Run the API under uvicorn with settings from the environment."""
+    import uvicorn  # local: only the process entry point needs the server
+
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)

@@ -6,6 +6,7 @@ from typing import Any
 
 import socketio
 from errand_schema.db import create_db_engine
+from errand_schema.logging import configure_logging
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
@@ -14,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from errand_notifier.server import create_server, run_relay
-from errand_notifier.settings import NotifierSettings
+from errand_notifier.settings import NotifierSettings, get_settings
 from errand_notifier.store import Store
 
 
@@ -64,3 +65,12 @@ async def _redis_ok(redis: Any) -> bool:
         return bool(await redis.ping())
     except Exception:  # readiness probes report, they never raise
         return False
+
+
+def serve() -> None:
+    """Run the notifier under uvicorn with settings from the environment."""
+    import uvicorn  # local: only the process entry point needs the server
+
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)

@@ -1,0 +1,5 @@
+"""``python -m errand`` runs the CLI."""
+
+from errand.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""``errand dev`` as a newcomer runs it, and ``errand submit --wait`` against it."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ServiceProcess, free_port, wait_http_ok
+
+from errand.client import ErrandClient
+from errand.watch import JobWatcher
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``errand dev`` in a fresh folder; yields its URL and the folder."""
+    folder = tmp_path_factory.mktemp("devmode")
+    port = free_port()
+    proc = ServiceProcess("dev", ["dev", "--port", str(port)], {}, cwd=str(folder))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/readyz", 60, proc=proc)
+        yield url, folder
+    finally:
+        proc.stop()
+
+
+def test_dev_prints_the_url_and_an_admin_key(dev_server: tuple[str, Path]) -> None:
+    url, folder = dev_server
+    state = json.loads((folder / ".errand" / "dev.json").read_text())
+    assert state["url"] == url
+    assert state["api_key"].startswith("erk_")
+
+
+def test_the_four_step_flow_streams_in_order_in_dev_mode(dev_server: tuple[str, Path]) -> None:
+    url, folder = dev_server
+    key = json.loads((folder / ".errand" / "dev.json").read_text())["api_key"]
+    events: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def collect(event: dict[str, Any]) -> None:
+        with lock:
+            events.append(event)
+
+    watcher = JobWatcher(url, key, on_event=collect)
+    watcher.connect()
+    steps = [{"name": f"s{i}", "duration_s": 0.2, "ticks": 2} for i in range(4)]
+    with ErrandClient(url, key) as client:
+        job = client.submit("demo.pipeline", {"steps": steps})
+        watcher.watch(job["id"])
+        assert watcher.wait([job["id"]], 60)
+        watcher.close()
+        final = client.get(job["id"])
+    assert [e["seq"] for e in events] == list(range(1, final["seq"] + 1))
+    assert events[0]["type"] == "queued"
+    assert events[-1]["type"] == "completed"
+    assert final["status"] == "completed"
+    assert [s["status"] for s in final["steps"]] == ["completed"] * 4
+
+
+def test_submit_wait_shows_progress_and_ends_completed(dev_server: tuple[str, Path]) -> None:
+    _, folder = dev_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "errand",
+            "submit",
+            "demo.pipeline",
+            "--wait",
+            "--payload",
+            json.dumps(
+                {
+                    "steps": [
+                        {"name": "one", "duration_s": 0.3, "ticks": 3},
+                        {"name": "two", "duration_s": 0.3, "ticks": 3},
+                    ]
+                }
+            ),
+        ],
+        cwd=folder,
+        env={**env, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "100%" in result.stdout
+    assert "completed" in result.stdout
+
+
+def test_submit_wait_exits_non_zero_when_the_job_fails(dev_server: tuple[str, Path]) -> None:
+    _, folder = dev_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
+    payload = {"steps": [{"name": "boom", "duration_s": 0, "fail_permanently": True}]}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "errand",
+            "submit",
+            "demo.pipeline",
+            "--wait",
+            "--payload",
+            json.dumps(payload),
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout
+    assert "PermanentError" in result.stderr

@@ -1,0 +1,121 @@
+"""Test helpers: waiting on conditions, free ports, service processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+#: Where service logs of a test run go (printed when a test fails).
+LOG_DIR = Path(os.environ.get("ERRAND_TEST_LOG_DIR", "/tmp/errand-test-logs"))
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    what: str = "condition",
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # keep polling through transient errors
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {last_exc!r}")
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    """A service started as a real process in its own process group."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: str | None = None):
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOG_DIR / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "errand", *args],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        """Return what the process printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (this test started it)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the group, then SIGKILL it if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+def wait_http_ok(url: str, timeout_s: float = 30.0, proc: ServiceProcess | None = None) -> None:
+    """Wait until ``url`` answers 200 (failing early if ``proc`` died)."""
+
+    def ok() -> bool:
+        if proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
+        return httpx.get(url, timeout=2).status_code == 200
+
+    try:
+        wait_for(ok, timeout_s, 0.1, what=url)
+    except AssertionError:
+        if proc is not None:
+            print(proc.log()[-5000:])
+        raise
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Connection settings of this test run's isolated resources."""
+
+    database_url: str
+    rabbitmq_url: str
+    redis_url: str
+    redis_prefix: str
+    vhost: str
+
+    def env(self) -> dict[str, str]:
+        """The ``ERRAND_*`` variables that point a service at these resources."""
+        return {
+            "ERRAND_DATABASE_URL": self.database_url,
+            "ERRAND_RABBITMQ_URL": self.rabbitmq_url,
+            "ERRAND_REDIS_URL": self.redis_url,
+            "ERRAND_REDIS_PREFIX": self.redis_prefix,
+        }

@@ -1,0 +1,95 @@
+"""Fixtures that run Errand's services as real processes on this run's resources."""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from errand_schema.auth import create_user
+from errand_schema.db import create_db_engine
+from errand_schema.models import JobType
+from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+pytestmark = pytest.mark.integration
+
+#: The bootstrap admin key of the test system.
+ADMIN_KEY = "erk_test_admin_key_0123456789abcdef"
+
+
+@dataclass
+class RunningSystem:
+    """api, worker and notifier processes and how to reach them."""
+
+    api_url: str
+    notifier_url: str
+    engine: Engine
+    env: dict[str, str]
+    processes: dict[str, ServiceProcess]
+
+    def make_user(self, name: str, *, admin: bool = False) -> str:
+        """Create a user; return its API key."""
+        with Session(self.engine) as session:
+            _, key = create_user(session, name, role="admin" if admin else "user")
+            session.commit()
+        return key
+
+
+@pytest.fixture(scope="session")
+def db_engine(infra: Infra) -> Iterator[Engine]:
+    """An engine on this run's database."""
+    engine = create_db_engine(infra.database_url, pool_size=5)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def start_service(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start ``errand <command>`` with this run's env; all stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, command: list[str], **env: str) -> ServiceProcess:
+        proc = ServiceProcess(name, command, {**infra.env(), **env})
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def system(
+    infra: Infra, db_engine: Engine, start_service: Callable[..., ServiceProcess]
+) -> RunningSystem:
+    """``errand api``, ``errand worker`` and ``errand notifier`` as separate processes."""
+    api_port, notifier_port = free_port(), free_port()
+    common = {
+        "ERRAND_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+        "ERRAND_LOG_JSON": "true",
+        "ERRAND_LEASE_S": "3",
+    }
+    worker = start_service("worker", ["worker"], ERRAND_PROCESSES="1", ERRAND_THREADS="4", **common)
+    api = start_service("api", ["api"], ERRAND_PORT=str(api_port), **common)
+    notifier = start_service("notifier", ["notifier"], ERRAND_PORT=str(notifier_port), **common)
+    api_url, notifier_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{notifier_port}"
+    wait_http_ok(f"{api_url}/readyz", proc=api)
+    wait_http_ok(f"{notifier_url}/readyz", proc=notifier)
+
+    def registered() -> bool:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited:\n{worker.log()[-3000:]}")
+        with Session(db_engine) as session:
+            return (
+                session.exec(select(JobType).where(JobType.name == "demo.pipeline")).first()
+                is not None
+            )
+
+    wait_for(registered, 30, 0.1, what="the worker to register its job types")
+    return RunningSystem(
+        api_url,
+        notifier_url,
+        db_engine,
+        {**infra.env(), **common},
+        {"api": api, "worker": worker, "notifier": notifier},
+    )

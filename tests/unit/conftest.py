@@ -1,0 +1,55 @@
+"""Unit-test fixtures: a migrated SQLite database, users, and the in-process system."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from errand_schema.auth import create_user
+from errand_schema.db import create_db_engine
+from errand_schema.migrate import upgrade_database
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from errand.dev import DevSystem, build_dev_system
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a migrated SQLite file of this test."""
+    url = f"sqlite:///{tmp_path / 'unit.db'}"
+    upgrade_database(url)
+    engine = create_db_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def dev_system(tmp_path: Path) -> Iterator[DevSystem]:
+    """The whole system in-process (dev mode), worker threads not started."""
+    system = build_dev_system(tmp_path / "dev", threads=2, job_modules=["sample_jobs"])
+    yield system
+    system.worker.stop()
+    system.broker.close()
+    system.engine.dispose()
+
+
+@pytest.fixture
+def api_client(dev_system: DevSystem) -> Iterator[TestClient]:
+    """A TestClient on the dev system's ASGI app (lifespan run), admin key set."""
+    with TestClient(dev_system.app) as client:
+        client.headers["Authorization"] = f"Bearer {dev_system.api_key}"
+        yield client
+
+
+@pytest.fixture
+def make_user(dev_system: DevSystem) -> Callable[..., str]:
+    """Factory: create a user in the dev system; return its API key."""
+
+    def make(name: str, *, admin: bool = False) -> str:
+        with Session(dev_system.engine) as session:
+            _, key = create_user(session, name, role="admin" if admin else "user")
+            session.commit()
+        return key
+
+    return make

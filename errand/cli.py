@@ -6,13 +6,13 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from errand_schema.settings import DatabaseSettings
 from rich.console import Console
 
 from errand.client import FINAL_STATUSES, ErrandClient, ErrandError
 from errand.progress import JobProgress
 from errand.settings import ClientSettings
 from errand.watch import JobWatcher, poll_until_final
+from errand_schema.settings import DatabaseSettings
 
 app = typer.Typer(help="Errand: background jobs you can watch.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -89,9 +89,10 @@ def users_create(
     name: str, admin: Annotated[bool, typer.Option("--admin", help="Role admin.")] = False
 ) -> None:
     """Create a user and print its API key (shown only once)."""
+    from sqlmodel import Session
+
     from errand_schema.auth import create_user
     from errand_schema.db import create_db_engine
-    from sqlmodel import Session
 
     engine = create_db_engine(DatabaseSettings().database_url)
     with Session(engine) as session:

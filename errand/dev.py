@@ -7,7 +7,7 @@ fakeredis instead of Redis. API, Socket.IO notifier and dashboard share one port
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,12 @@ import fakeredis
 import socketio
 import uvicorn
 from dramatiq.brokers.stub import StubBroker
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
 from errand_api.main import create_app as create_api
 from errand_api.settings import ApiSettings
 from errand_notifier.server import create_server, run_relay
@@ -26,12 +32,8 @@ from errand_schema.db import create_db_engine
 from errand_schema.logging import configure_logging
 from errand_schema.migrate import upgrade_database
 from errand_worker.broker import setup_worker, worker_middleware
+from errand_worker.runtime import WorkerRuntime
 from errand_worker.settings import WorkerSettings
-from rich.console import Console
-from sqlalchemy import Engine
-from sqlmodel import Session
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 #: Placeholder URL for the services that dev mode replaces with in-process stand-ins.
 IN_MEMORY = "memory://"
@@ -47,6 +49,14 @@ class DevSystem:
     engine: Engine
     api_key: str
     redis_server: fakeredis.FakeServer
+    runtime: WorkerRuntime
+
+    def close(self) -> None:
+        """Stop the worker threads and the supervisors, and close the connections."""
+        self.worker.stop()
+        self.runtime.close()
+        self.broker.close()
+        self.engine.dispose()
 
 
 def build_dev_system(
@@ -77,7 +87,7 @@ def build_dev_system(
     redis = fakeredis.FakeRedis(server=server)
     broker = StubBroker(middleware=worker_middleware())
     worker_settings = WorkerSettings(**common, worker_name="dev", job_modules=job_modules or [])
-    setup_worker(worker_settings, broker, engine, redis)
+    runtime = setup_worker(worker_settings, broker, engine, redis)
     api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)
     notifier_settings = NotifierSettings(**common)
     sio = create_server(notifier_settings, engine)
@@ -91,16 +101,7 @@ def build_dev_system(
     parent = Starlette(routes=[Mount("/", app=api)], lifespan=lifespan)
     app = socketio.ASGIApp(sio, other_asgi_app=parent)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
-    return DevSystem(app, broker, worker, engine, key, server)
-
-
-@contextlib.contextmanager
-def _running_worker(worker: dramatiq.Worker) -> Iterator[None]:
-    worker.start()
-    try:
-        yield
-    finally:
-        worker.stop()
+    return DevSystem(app, broker, worker, engine, key, server, runtime)
 
 
 def run_dev(*, host: str, port: int, threads: int, data_dir: str) -> None:
@@ -122,8 +123,11 @@ def run_dev(*, host: str, port: int, threads: int, data_dir: str) -> None:
     console.print(
         f"  Try:       errand submit demo.pipeline --wait   (key read from {state_file})\n"
     )
-    with _running_worker(system.worker):
+    system.worker.start()
+    try:
         uvicorn.run(system.app, host=host, port=port, log_config=None)
+    finally:
+        system.close()
 
 
 def _read_json(path: Path) -> dict[str, str]:

@@ -3,8 +3,9 @@
 import time
 from pathlib import Path
 
-from errand_worker import PermanentError, StepContext, job_type
 from pydantic import BaseModel
+
+from errand_worker import PermanentError, StepContext, job_type
 
 
 class SlowPayload(BaseModel):

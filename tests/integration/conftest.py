@@ -4,12 +4,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from errand_schema.auth import create_user
-from errand_schema.db import create_db_engine
-from errand_schema.models import JobType
 from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+
+from errand_schema.auth import create_user
+from errand_schema.db import create_db_engine
+from errand_schema.models import JobType
 
 pytestmark = pytest.mark.integration
 

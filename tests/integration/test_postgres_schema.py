@@ -2,15 +2,16 @@
 
 import uuid
 
-import errand_schema.models  # noqa: F401  (registers the tables)
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from errand_schema.auth import create_user
-from errand_schema.models import Job
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel
+
+import errand_schema.models  # noqa: F401  (registers the tables)
+from errand_schema.auth import create_user
+from errand_schema.models import Job
 
 pytestmark = pytest.mark.integration
 

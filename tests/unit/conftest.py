@@ -4,14 +4,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from errand_schema.auth import create_user
-from errand_schema.db import create_db_engine
-from errand_schema.migrate import upgrade_database
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from errand.dev import DevSystem, build_dev_system
+from errand_schema.auth import create_user
+from errand_schema.db import create_db_engine
+from errand_schema.migrate import upgrade_database
 
 
 @pytest.fixture
@@ -29,9 +29,7 @@ def dev_system(tmp_path: Path) -> Iterator[DevSystem]:
     """The whole system in-process (dev mode), worker threads not started."""
     system = build_dev_system(tmp_path / "dev", threads=2, job_modules=["sample_jobs"])
     yield system
-    system.worker.stop()
-    system.broker.close()
-    system.engine.dispose()
+    system.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from errand_api.settings import ApiSettings
 from errand_notifier.settings import NotifierSettings
 from errand_worker.settings import WorkerSettings

@@ -3,10 +3,11 @@
 import threading
 import time
 
-from errand_schema.models import JobType
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine
 from sqlmodel import Session
+
+from errand_schema.models import JobType
 
 
 class Catalog:

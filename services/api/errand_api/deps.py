@@ -4,16 +4,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from errand_schema.auth import Principal, authenticate
-from errand_schema.events import EventPublisher
+import dramatiq
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from errand_api.catalog import Catalog
-from errand_api.errors import Unauthorized
+from errand_api.errors import Forbidden, Unauthorized
 from errand_api.publisher import Publisher
+from errand_schema.auth import Principal, authenticate
+from errand_schema.events import EventPublisher
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Services:
     """What routes need beyond the request, built once in ``create_app``."""
 
     engine: Engine
+    broker: dramatiq.Broker
     publisher: Publisher
     events: EventPublisher
     catalog: Catalog
@@ -79,3 +81,17 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    """Return the caller if it is an admin.
+
+    Raises:
+        Forbidden: The caller is not an admin.
+    """
+    if not principal.is_admin:
+        raise Forbidden("This endpoint is for admins.")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]

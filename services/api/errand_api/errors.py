@@ -38,6 +38,22 @@ class JobNotFound(ApiError):
     title = "Job not found"
 
 
+class JobNotCancellable(ApiError):
+    """The job is finished; there is nothing to cancel."""
+
+    status_code = 409
+    code = "job_not_cancellable"
+    title = "Job not cancellable"
+
+
+class JobNotRetryable(ApiError):
+    """Only failed, dead or cancelled jobs can be retried."""
+
+    status_code = 409
+    code = "job_not_retryable"
+    title = "Job not retryable"
+
+
 class InvalidJob(ApiError):
     """The submission breaks a rule the request model cannot express."""
 

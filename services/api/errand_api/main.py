@@ -6,10 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import dramatiq
-from errand_schema.auth import ensure_bootstrap_admin
-from errand_schema.db import create_db_engine
-from errand_schema.events import EventPublisher
-from errand_schema.logging import configure_logging, log_context
 from fastapi import FastAPI, Request, Response
 from redis import Redis
 from sqlalchemy import Engine
@@ -20,8 +16,12 @@ from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
-from errand_api.routes import health, jobs
+from errand_api.routes import admin, health, jobs
 from errand_api.settings import ApiSettings, get_settings
+from errand_schema.auth import ensure_bootstrap_admin
+from errand_schema.db import create_db_engine
+from errand_schema.events import EventPublisher
+from errand_schema.logging import configure_logging, log_context
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ def create_app(
     """
     engine = engine or create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
     redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+    broker = broker or build_broker(settings.rabbitmq_url)
     services = Services(
         engine=engine,
-        publisher=Publisher(broker or build_broker(settings.rabbitmq_url)),
+        broker=broker,
+        publisher=Publisher(broker),
         events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
         catalog=Catalog(engine, settings.job_type_cache_s),
         redis_ping=RedisPing(redis),
@@ -78,6 +80,7 @@ def create_app(
     _install_request_middleware(app, settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(admin.router)
     return app
 
 

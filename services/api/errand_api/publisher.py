@@ -4,6 +4,7 @@ import logging
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
 from errand_schema.messages import RunJobStep
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
 

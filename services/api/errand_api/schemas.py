@@ -1,10 +1,14 @@
 """Request and response models of the HTTP API (the job view itself is shared)."""
 
+import uuid
+from datetime import datetime
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from errand_schema.queues import Priority
 from errand_schema.retry import RetryPolicy
-from pydantic import BaseModel, ConfigDict, Field
+from errand_schema.views import JobPublic
 
 #: Most attempts a caller may ask for per step.
 MAX_ATTEMPTS_LIMIT = 25
@@ -46,3 +50,84 @@ class JobAccepted(BaseModel):
     """Answer of ``POST /v1/jobs`` beside the job itself."""
 
     id: str
+
+
+class JobRetry(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/retry``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_start: bool = Field(
+        default=False, description="Run every step again, not only the unfinished ones."
+    )
+
+
+class AttemptPublic(BaseModel):
+    """One attempt at one step."""
+
+    step_index: int
+    step: str | None
+    attempt: int
+    worker: str
+    outcome: str
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+
+
+class EventPublic(BaseModel):
+    """One event of a job's audit history."""
+
+    seq: int
+    type: str
+    status: str
+    from_status: str | None
+    progress: int
+    step: str | None
+    message: str | None
+    data: dict[str, Any] | None
+    actor: str
+    at: datetime
+
+
+class DlqSelector(BaseModel):
+    """Which dead jobs an admin DLQ action applies to: ids, a filter, or ``all``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
+    type: str | None = None
+    error: str | None = Field(
+        default=None, max_length=200, description="Text contained in the error."
+    )
+    min_age_s: float | None = Field(default=None, ge=0, description="Dead at least this long.")
+    max_age_s: float | None = Field(default=None, ge=0, description="Dead at most this long.")
+    all: bool = Field(default=False, description="Required to act on every dead job.")
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class DlqRequeue(DlqSelector):
+    """Body of ``POST /v1/admin/dlq/requeue``."""
+
+    payload: dict[str, Any] | None = Field(
+        default=None,
+        description="A replacement payload (only with one job id); checked "
+        "against the type's schema. The job then runs from its first step.",
+    )
+
+
+class DlqResult(BaseModel):
+    """Answer of a DLQ action."""
+
+    count: int
+    job_ids: list[uuid.UUID]
+
+
+class DeadJobsPublic(BaseModel):
+    """Dead jobs (the DLQ) as listed by ``GET /v1/admin/dlq``."""
+
+    data: list[JobPublic]
+    count: int

@@ -1,16 +1,16 @@
 """Accepting a job: validate against its type, write the row and its first event."""
 
+from sqlmodel import Session
+
+from errand_api.catalog import Catalog, payload_errors
+from errand_api.errors import InvalidJob
+from errand_api.schemas import JobCreate
 from errand_schema.auth import Principal
 from errand_schema.events import JobEventMessage
 from errand_schema.models import Job, JobStep
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
 from errand_schema.transition import transition_job
-from sqlmodel import Session
-
-from errand_api.catalog import Catalog, payload_errors
-from errand_api.errors import InvalidJob
-from errand_api.schemas import JobCreate
 
 
 def create_job(

@@ -5,8 +5,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
-from errand_schema.db import create_db_engine
-from errand_schema.logging import configure_logging
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
@@ -17,6 +15,8 @@ from starlette.routing import Route
 from errand_notifier.server import create_server, run_relay
 from errand_notifier.settings import NotifierSettings, get_settings
 from errand_notifier.store import Store
+from errand_schema.db import create_db_engine
+from errand_schema.logging import configure_logging
 
 
 def create_app(

@@ -6,10 +6,10 @@ from typing import Any
 
 import anyio.to_thread
 import socketio
-from errand_schema.auth import Principal
 from pydantic import BaseModel, ValidationError
 
 from errand_notifier.store import Store
+from errand_schema.auth import Principal
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ import logging
 from typing import Any
 
 import socketio
-from errand_schema.events import parse_stream_entry, stream_key
 from pydantic import ValidationError
 
 from errand_notifier.namespace import ADMIN_ROOM, job_room, user_room
+from errand_schema.events import parse_stream_entry, stream_key
 
 logger = logging.getLogger(__name__)
 

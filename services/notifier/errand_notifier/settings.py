@@ -3,9 +3,10 @@
 from functools import lru_cache
 from typing import Annotated
 
-from errand_schema.settings import CommonSettings, split_commas
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
+
+from errand_schema.settings import CommonSettings, split_commas
 
 
 class NotifierSettings(CommonSettings):

@@ -4,11 +4,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Engine
+from sqlmodel import Session
+
 from errand_schema.auth import Principal, authenticate, ensure_bootstrap_admin
 from errand_schema.events import JobEventMessage
 from errand_schema.views import read_events_after, read_job_public
-from sqlalchemy import Engine
-from sqlmodel import Session
 
 
 @dataclass(frozen=True)

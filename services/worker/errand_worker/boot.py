@@ -5,10 +5,10 @@ module of the worker with import-time side effects, as the Dramatiq CLI requires
 """
 
 import dramatiq
-from errand_schema.db import create_db_engine
-from errand_schema.logging import configure_logging
 from redis import Redis
 
+from errand_schema.db import create_db_engine
+from errand_schema.logging import configure_logging
 from errand_worker.broker import build_broker, setup_worker
 from errand_worker.settings import get_settings
 

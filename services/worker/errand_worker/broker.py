@@ -4,22 +4,25 @@ import logging
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
-from errand_schema.events import EventPublisher
-from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, utcnow
-from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
+from dramatiq.middleware import CurrentMessage, Retries
 from redis import Redis
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from errand_schema.events import EventPublisher
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, utcnow
+from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
 from errand_worker.actors.steps import declare_step_actors
 from errand_worker.jobtypes import builtin_job_types
+from errand_worker.lease import LeaseKeeper
+from errand_worker.middleware.graceful_shutdown import GracefulShutdown
+from errand_worker.reconciler import Reconciler
 from errand_worker.registry import Registry, default_registry, load_job_modules, register_job_types
 from errand_worker.runtime import Enqueue, WorkerRuntime
 from errand_worker.settings import WorkerSettings
-from errand_worker.watchdog import LeaseKeeper, Watchdog
+from errand_worker.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def worker_middleware() -> list[dramatiq.Middleware]:
     :class:`~errand_worker.watchdog.Watchdog`, which also works in an in-process
     worker (``errand dev``), where ``TimeLimit`` never starts.
     """
-    return [ShutdownNotifications(), CurrentMessage(), Retries()]
+    return [CurrentMessage(), Retries()]
 
 
 def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
@@ -82,11 +85,25 @@ def build_registry(settings: WorkerSettings) -> Registry:
 
 
 def setup_worker(
-    settings: WorkerSettings, broker: dramatiq.Broker, engine: Engine, redis: Redis
+    settings: WorkerSettings,
+    broker: dramatiq.Broker,
+    engine: Engine,
+    redis: Redis,
+    *,
+    start_reconciler: bool = True,
 ) -> WorkerRuntime:
-    """Register job types in the database and declare the actors on ``broker``."""
+    """Register job types, declare the actors on ``broker`` and start the supervisors.
+
+    Args:
+        settings: Worker settings.
+        broker: The broker the actors are declared on.
+        engine: The database engine.
+        redis: The Redis client events go to.
+        start_reconciler: Run the (leader-elected) reconciler thread in this process.
+    """
     registry = build_registry(settings)
     _register(engine, registry)
+    watchdog = Watchdog()
     runtime = WorkerRuntime(
         engine=engine,
         events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
@@ -95,11 +112,25 @@ def setup_worker(
         worker=settings.worker_name,
         lease_s=settings.lease_s,
         default_step_timeout_s=settings.default_step_timeout_s,
-        leases=LeaseKeeper(engine, settings.worker_name, settings.lease_s),
-        watchdog=Watchdog(),
+        leases=LeaseKeeper(
+            engine,
+            settings.worker_name,
+            settings.lease_s,
+            settings.heartbeat_s,
+            settings.cancel_grace_s,
+            watchdog.cancel,
+        ),
+        watchdog=watchdog,
+        broker_delay_max_s=settings.broker_delay_max_s,
     )
+    broker.add_middleware(GracefulShutdown(watchdog, settings.shutdown_grace_s))
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
+    if start_reconciler:
+        runtime.reconciler = Reconciler(
+            runtime, settings.reconcile_interval_s, settings.retention_days
+        )
+        runtime.reconciler.start()
     logger.info(
         "worker %s serves %d job types on queues %s",
         settings.worker_name,

@@ -23,14 +23,22 @@ class LeaseLost(WorkerError):
     """Another attempt owns the job now; this one must stop and write nothing."""
 
 
+class UnknownJobType(WorkerError):
+    """A job names a type this worker does not serve."""
+
+
 class StepTimeout(Interrupt):
     """A step ran past its deadline (raised asynchronously in the step's thread).
 
     Note:
-        A ``BaseException`` (via dramatiq's ``Interrupt``), so a handler's
-        ``except Exception`` does not swallow it.
+        The asynchronous interrupts are ``BaseException`` subclasses (via dramatiq's
+        ``Interrupt``), so a handler's ``except Exception`` does not swallow them.
     """
 
 
-class UnknownJobType(WorkerError):
-    """A job names a type this worker does not serve."""
+class CancelInterrupt(Interrupt):
+    """A cancelled job's handler did not check in time: stopped from outside."""
+
+
+class WorkerShutdown(Interrupt):
+    """The worker is shutting down and the step's grace period ran out."""

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+from sqlmodel import Session, col, select
+
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobAttempt, JobStep, utcnow
 from errand_schema.retry import RetryPolicy
 from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
 from errand_schema.transition import append_event, lock_job, transition_job
-from pydantic import BaseModel, ValidationError
-from sqlmodel import Session, col, select
-
 from errand_worker.errors import JobCancelled, LeaseLost
 from errand_worker.registry import JobTypeSpec, StepSpec
 from errand_worker.runtime import WorkerRuntime
@@ -91,7 +91,7 @@ def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
                 return Refusal(
                     "leased by another attempt", retry_later=(left + 0.2, job.queue, job.priority)
                 )
-            if not _take_over(s, events, job, rt.worker):
+            if not expire_lease(s, events, job, f"worker:{rt.worker}"):
                 return Refusal("attempts exhausted by lost workers", dead_letter=True)
             attempt = job.attempt + 1
         elif msg.attempt != job.attempt + 1:
@@ -123,6 +123,7 @@ def _start(
             transition_job(s, job, JobStatus.RUNNING, actor=actor, data={"attempt": attempt})
         )
     job.attempt = attempt
+    job.run_at = None
     job.step = step_row.name
     job.lease_owner = rt.worker
     job.lease_expires_at = now + timedelta(seconds=rt.lease_s)
@@ -173,8 +174,12 @@ def _step_rows(s: Session, job_id: uuid.UUID, plan: list[StepSpec]) -> list[JobS
     return rows
 
 
-def _take_over(s: Session, events: list[JobEventMessage], job: Job, worker: str) -> bool:
-    """Record the attempt whose lease expired as lost; False if no attempt is left."""
+def expire_lease(s: Session, events: list[JobEventMessage], job: Job, actor: str) -> bool:
+    """Record that the attempt holding ``job``'s expired lease was lost.
+
+    Emits a ``stalled`` event and clears the lease. Returns False (and moves the job to
+    ``dead``) when that was its last attempt.
+    """
     lost = s.exec(
         select(JobAttempt).where(
             JobAttempt.job_id == job.id,
@@ -195,7 +200,7 @@ def _take_over(s: Session, events: list[JobEventMessage], job: Job, worker: str)
             s,
             job,
             EventType.STALLED,
-            actor=f"worker:{worker}",
+            actor=actor,
             message="lease expired; the attempt was lost",
             data=data,
         )
@@ -207,7 +212,7 @@ def _take_over(s: Session, events: list[JobEventMessage], job: Job, worker: str)
             "step": job.step,
             "reason": "lost",
         }
-        events.append(transition_job(s, job, JobStatus.DEAD, actor=f"worker:{worker}"))
+        events.append(transition_job(s, job, JobStatus.DEAD, actor=actor))
         return False
     return True
 

@@ -4,13 +4,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlmodel import Session
+
 from errand_schema.events import EventType
 from errand_schema.messages import RunJobStep
 from errand_schema.models import JobStep, utcnow
 from errand_schema.states import JobStatus, StepStatus
 from errand_schema.transition import append_event, transition_job
-from sqlmodel import Session
-
 from errand_worker.ledger import (
     Claim,
     NextMessage,
@@ -158,6 +158,38 @@ def fail_step(
         )
     nxt = RunJobStep(job_id=claim.job_id, step_index=claim.step_index, attempt=claim.attempt + 1)
     return Outcome("retrying", NextMessage(nxt, claim.queue, claim.priority, int(delay_s * 1000)))
+
+
+def hand_back(rt: WorkerRuntime, claim: Claim, duration_ms: float, reason: str) -> Outcome:
+    """Give an unfinished step back to the queue (the worker is shutting down).
+
+    The interrupted attempt is recorded; the job goes back to ``queued`` and its next
+    attempt is published at once for another worker.
+    """
+    actor = f"worker:{rt.worker}"
+    with rt.transaction() as (s, events):
+        job = fenced_job(s, claim, rt.worker)
+        row = _step_row(s, claim)
+        row.status = StepStatus.PENDING
+        s.add(row)
+        finish_attempt(
+            s, claim, "interrupted", duration_ms, {"type": "WorkerShutdown", "message": reason}
+        )
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.published_at = None
+        events.append(
+            transition_job(
+                s,
+                job,
+                JobStatus.QUEUED,
+                actor=actor,
+                message=f"handed back: {reason}",
+                data={"attempt": claim.attempt, "step": claim.step.name},
+            )
+        )
+    nxt = RunJobStep(job_id=claim.job_id, step_index=claim.step_index, attempt=claim.attempt + 1)
+    return Outcome("handed_back", NextMessage(nxt, claim.queue, claim.priority))
 
 
 def cancel_running(rt: WorkerRuntime, claim: Claim, duration_ms: float) -> Outcome:

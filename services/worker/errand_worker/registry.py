@@ -17,13 +17,14 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+from sqlmodel import Session
 
 from errand_schema.models import JobType, utcnow
 from errand_schema.queues import DEFAULT_QUEUE, Priority
 from errand_schema.retry import RetryPolicy
-from pydantic import BaseModel
-from sqlmodel import Session
 
 if TYPE_CHECKING:
     from errand_worker.context import StepContext
@@ -65,6 +66,11 @@ class JobTypeSpec:
     #: Builds the steps from the payload, for types whose steps vary per job.
     planner: Callable[[BaseModel], list[StepSpec]] | None = None
     on_cancel_fn: CancelFn | None = None
+    #: ``thread`` (default) or ``process``: run each step in a child process that is
+    #: killed at its deadline (for handlers that block in C code).
+    isolation: Literal["thread", "process"] = "thread"
+    #: POSTed (as a ``webhook.deliver`` job of the owner) when a job of this type dies.
+    alert_webhook_url: str | None = None
 
     def step(
         self, name: str | None = None, *, timeout_s: float | None = None

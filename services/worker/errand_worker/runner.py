@@ -4,15 +4,25 @@ import asyncio
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
+
+from dramatiq.threading import Interrupt
 
 from errand_schema.logging import log_context
 from errand_schema.messages import RunJobStep
-
 from errand_worker.context import StepContext
-from errand_worker.errors import JobCancelled, LeaseLost, PermanentError, StepTimeout
+from errand_worker.errors import (
+    CancelInterrupt,
+    JobCancelled,
+    LeaseLost,
+    PermanentError,
+    StepTimeout,
+    WorkerShutdown,
+)
+from errand_worker.isolation import run_in_child
 from errand_worker.ledger import Claim, Refusal, check_cancel, claim_step, report_progress
-from errand_worker.outcome import Outcome, cancel_running, complete_step, fail_step
+from errand_worker.outcome import Outcome, cancel_running, complete_step, fail_step, hand_back
 from errand_worker.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -37,12 +47,16 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
             outcome = _run_claimed(rt, claim)
         finally:
             rt.leases.release(claim.job_id)
-        if outcome.next is not None:
-            nxt = outcome.next
-            rt.enqueue(nxt.message, nxt.queue, nxt.priority, nxt.delay_ms)
+        _send_next(rt, outcome)
         return outcome
     finally:
         log_context.reset(token)
+
+
+def _send_next(rt: WorkerRuntime, outcome: Outcome) -> None:
+    if outcome.next is not None:
+        nxt = outcome.next
+        rt.enqueue(nxt.message, nxt.queue, nxt.priority, nxt.delay_ms)
 
 
 def _refused(rt: WorkerRuntime, msg: RunJobStep, refusal: Refusal) -> Refusal:
@@ -70,18 +84,17 @@ def _run_claimed(rt: WorkerRuntime, claim: Claim) -> Outcome:
     logger.info("step %s started (attempt %d)", claim.step.name, claim.attempt)
     started = time.perf_counter()
     try:
-        output = _call_with_deadline(rt, claim, ctx)
+        output = _call_supervised(rt, claim, ctx, started)
     except LeaseLost:
         logger.warning("attempt superseded; its result is discarded")
         return Outcome("superseded")
-    except JobCancelled:
+    except (JobCancelled, CancelInterrupt):
         _on_cancel(claim, ctx)
         return _record(rt, claim, lambda ms: cancel_running(rt, claim, ms), started)
     except StepTimeout:
-        err = _error(StepTimeout(f"step timed out after {claim.timeout_s:g} s"), "timeout")
-        return _record(
-            rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=False), started
-        )
+        return _record(rt, claim, _timeout_writer(rt, claim), started)
+    except WorkerShutdown:
+        return _record(rt, claim, lambda ms: hand_back(rt, claim, ms, "worker shutdown"), started)
     except PermanentError as exc:
         err = _error(exc, "permanent")
         return _record(rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=True), started)
@@ -93,10 +106,17 @@ def _run_claimed(rt: WorkerRuntime, claim: Claim) -> Outcome:
     return _record(rt, claim, lambda ms: complete_step(rt, claim, output, ms), started)
 
 
-def _record(rt: WorkerRuntime, claim: Claim, write: Any, started: float) -> Outcome:
+def _timeout_writer(rt: WorkerRuntime, claim: Claim) -> Callable[[float], Outcome]:
+    err = _error(StepTimeout(f"step timed out after {claim.timeout_s:g} s"), "timeout")
+    return lambda ms: fail_step(rt, claim, err, ms, permanent=False)
+
+
+def _record(
+    rt: WorkerRuntime, claim: Claim, write: Callable[[float], Outcome], started: float
+) -> Outcome:
     duration_ms = (time.perf_counter() - started) * 1000
     try:
-        outcome: Outcome = write(duration_ms)
+        outcome = write(duration_ms)
     except LeaseLost:
         logger.warning("attempt superseded while recording; its result is discarded")
         return Outcome("superseded")
@@ -105,15 +125,42 @@ def _record(rt: WorkerRuntime, claim: Claim, write: Any, started: float) -> Outc
     return outcome
 
 
-def _call_with_deadline(rt: WorkerRuntime, claim: Claim, ctx: StepContext) -> Any:
-    token = rt.watchdog.arm(claim.timeout_s)
+def _call_supervised(rt: WorkerRuntime, claim: Claim, ctx: StepContext, started: float) -> Any:
+    """Run the handler under the watchdog; re-raise the interrupt that stopped it.
+
+    When the thread cannot be interrupted (one blocking C call), the watchdog records
+    the outcome itself after a short grace; this thread's late result is then refused
+    by the fence.
+    """
+
+    def on_stuck(exc: type[Interrupt]) -> None:
+        if exc is StepTimeout:
+            writer = _timeout_writer(rt, claim)
+        elif exc is CancelInterrupt:
+
+            def writer(ms: float) -> Outcome:
+                return cancel_running(rt, claim, ms)
+        else:
+
+            def writer(ms: float) -> Outcome:
+                return hand_back(rt, claim, ms, "worker shutdown")
+
+        logger.warning(
+            "step %s is stuck in blocking code; recording %s now", claim.step.name, exc.__name__
+        )
+        _send_next(rt, _record(rt, claim, writer, started))
+
+    token = rt.watchdog.arm(claim.timeout_s, claim.job_id, on_stuck)
     try:
+        if claim.spec.isolation == "process":
+            return run_in_child(claim.step, ctx)
         if claim.step.is_async:
             return asyncio.run(claim.step.fn(ctx))
         return claim.step.fn(ctx)
     finally:
-        if rt.watchdog.disarm(token):
-            raise StepTimeout(f"step timed out after {claim.timeout_s:g} s")
+        fired = rt.watchdog.disarm(token)
+        if fired is not None:
+            raise fired(f"step stopped by {fired.__name__}")
 
 
 def _on_cancel(claim: Claim, ctx: StepContext) -> None:

@@ -3,15 +3,20 @@
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from errand_schema.db import session_scope
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
-from sqlalchemy import Engine
-from sqlmodel import Session
-
+from errand_worker.lease import LeaseKeeper
 from errand_worker.registry import Registry
-from errand_worker.watchdog import LeaseKeeper, Watchdog
+from errand_worker.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from errand_worker.reconciler import Reconciler
 
 #: Sends a step message: (message, queue, priority name, delay in ms or None).
 Enqueue = Callable[[RunJobStep, str, str, int | None], None]
@@ -30,6 +35,10 @@ class WorkerRuntime:
     default_step_timeout_s: float
     leases: LeaseKeeper
     watchdog: Watchdog
+    #: Longest retry delay sent through the broker; longer ones wait in PostgreSQL.
+    broker_delay_max_s: float = 60.0
+    #: The reconciler running in this process, if any (it leads only when elected).
+    reconciler: "Reconciler | None" = None
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Session, list[JobEventMessage]]]:
@@ -38,3 +47,10 @@ class WorkerRuntime:
         with session_scope(self.engine) as session:
             yield session, events
         self.events.publish(events)
+
+    def close(self) -> None:
+        """Stop this process's reconciler, heartbeat and watchdog threads."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        self.leases.stop()
+        self.watchdog.stop()

@@ -5,10 +5,11 @@ import socket
 from functools import lru_cache
 from typing import Annotated
 
-from errand_schema.queues import DEFAULT_QUEUE
-from errand_schema.settings import CommonSettings, split_commas
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
+
+from errand_schema.queues import DEFAULT_QUEUE
+from errand_schema.settings import CommonSettings, split_commas
 
 
 def _default_worker_name() -> str:
@@ -25,8 +26,25 @@ class WorkerSettings(CommonSettings):
     #: Worker processes and threads per process (``errand worker``).
     processes: int = 1
     threads: int = 8
-    #: How long a claim on a step lasts without a heartbeat.
-    lease_s: float = 15.0
+    #: How long a claim on a step lasts without a heartbeat. A worker killed mid-step
+    #: is taken over this long after its last heartbeat.
+    lease_s: float = 4.0
+    #: How often running steps' leases are renewed (and cancellations looked for).
+    heartbeat_s: float = 1.0
+    #: Messages prefetched per worker thread (small keeps priorities honoured).
+    prefetch_per_thread: int = 1
+    #: Retry delays up to this go through the broker's delay queue; longer ones wait in
+    #: PostgreSQL (a delay must stay well below RabbitMQ's consumer_timeout).
+    broker_delay_max_s: float = 60.0
+    #: A running job whose cancel was requested and whose handler never checks is
+    #: interrupted this long after the request.
+    cancel_grace_s: float = 5.0
+    #: On SIGTERM, running steps get this long to finish before they are handed back.
+    shutdown_grace_s: float = 10.0
+    #: How often the reconciler looks for unpublished jobs and expired leases.
+    reconcile_interval_s: float = 0.5
+    #: Finished jobs (completed, failed, cancelled) older than this are deleted.
+    retention_days: float = 30.0
     #: Default timeout of a step whose type names none.
     default_step_timeout_s: float = 600.0
     #: Name in leases and attempts; host:pid unless set.

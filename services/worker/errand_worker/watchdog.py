@@ -1,97 +1,65 @@
-"""Per-process helpers around running steps: lease heartbeats and step deadlines.
+"""Supervision of running steps: one daemon thread per worker process.
 
-Both run one daemon thread per worker process, however many steps run at once.
+It interrupts a step's thread at its deadline (:class:`StepTimeout`), when its job was
+cancelled and it never checked (:class:`CancelInterrupt`), or when the worker shuts
+down (:class:`WorkerShutdown`). A step stuck in one blocking C call cannot be
+interrupted by a thread; after :data:`STUCK_GRACE_S` its ``on_stuck`` callback runs in
+the supervisor thread instead, so the attempt is recorded at the deadline anyway and
+its late result is discarded by fencing.
 """
 
 import logging
 import threading
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import count
 
-from dramatiq.threading import raise_thread_exception
-from errand_schema.models import Job, utcnow
-from sqlalchemy import Engine, update
-from sqlmodel import col
+from dramatiq.threading import Interrupt, raise_thread_exception
 
-from errand_worker.errors import StepTimeout
+from errand_worker.errors import CancelInterrupt, StepTimeout, WorkerShutdown
 
 logger = logging.getLogger(__name__)
 
+#: How long after an interrupt a step that has not stopped counts as stuck.
+STUCK_GRACE_S = 0.8
 
-class LeaseKeeper:
-    """Renews the leases of the steps this process is running."""
 
-    def __init__(self, engine: Engine, worker: str, lease_s: float) -> None:
-        self._engine = engine
-        self._worker = worker
-        self._lease_s = lease_s
-        self._held: dict[uuid.UUID, int] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, job_id: uuid.UUID) -> None:
-        """Start renewing ``job_id``'s lease."""
-        with self._lock:
-            self._held[job_id] = self._held.get(job_id, 0) + 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="errand-lease", daemon=True)
-                self._thread.start()
-
-    def release(self, job_id: uuid.UUID) -> None:
-        """Stop renewing ``job_id``'s lease."""
-        with self._lock:
-            left = self._held.get(job_id, 0) - 1
-            if left > 0:
-                self._held[job_id] = left
-            else:
-                self._held.pop(job_id, None)
-
-    def stop(self) -> None:
-        """Stop the heartbeat thread."""
-        self._stop.set()
-
-    def renew(self) -> int:
-        """Extend every held lease now; return how many rows were renewed."""
-        with self._lock:
-            ids = list(self._held)
-        if not ids:
-            return 0
-        expires = utcnow() + timedelta(seconds=self._lease_s)
-        stmt = (
-            update(Job)
-            .where(col(Job.id).in_(ids), col(Job.lease_owner) == self._worker)
-            .values(lease_expires_at=expires)
-        )
-        with self._engine.begin() as conn:
-            return conn.execute(stmt).rowcount
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._lease_s / 3):
-            try:
-                self.renew()
-            except Exception:  # the heartbeat thread must outlive a database blip
-                logger.warning("lease heartbeat failed", exc_info=True)
+@dataclass
+class _Watch:
+    thread_id: int
+    job_id: uuid.UUID
+    deadline: float
+    on_stuck: Callable[[type[Interrupt]], None] | None
+    fired: type[Interrupt] | None = None
+    fired_at: float = 0.0
+    stuck_reported: bool = False
 
 
 class Watchdog:
-    """Interrupts a step's thread with :class:`StepTimeout` at its deadline."""
+    """Deadlines and interrupts for the steps running in this process."""
 
-    def __init__(self, interval_s: float = 0.1) -> None:
+    def __init__(self, interval_s: float = 0.05) -> None:
         self._interval_s = interval_s
-        self._deadlines: dict[int, tuple[int, float]] = {}
-        self._fired: set[int] = set()
+        self._watches: dict[int, _Watch] = {}
         self._ids = count(1)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._shutdown_at: float | None = None
+        self._stopped = threading.Event()
 
-    def arm(self, timeout_s: float) -> int:
-        """Interrupt the calling thread after ``timeout_s``; return a token for :meth:`disarm`."""
+    def arm(
+        self,
+        timeout_s: float,
+        job_id: uuid.UUID,
+        on_stuck: Callable[[type[Interrupt]], None] | None = None,
+    ) -> int:
+        """Watch the calling thread's step; return a token for :meth:`disarm`."""
         token = next(self._ids)
+        watch = _Watch(threading.get_ident(), job_id, time.monotonic() + timeout_s, on_stuck)
         with self._lock:
-            self._deadlines[token] = (threading.get_ident(), time.monotonic() + timeout_s)
+            self._watches[token] = watch
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="errand-watchdog", daemon=True
@@ -99,40 +67,84 @@ class Watchdog:
                 self._thread.start()
         return token
 
-    def disarm(self, token: int) -> bool:
-        """Cancel a deadline; return whether it had already fired.
+    def disarm(self, token: int) -> type[Interrupt] | None:
+        """Stop watching; return the interrupt that fired for this step, if any.
 
         Note:
-            Called from the step's own thread. If the deadline fired but the exception
-            has not surfaced yet (the step ended just then), it is absorbed here, so it
-            cannot surface later in unrelated code. (Clearing it with
+            Called from the step's own thread. An interrupt that fired but has not
+            surfaced yet (the step ended just then) is absorbed here, so it cannot
+            surface later in unrelated code. (Clearing it with
             ``PyThreadState_SetAsyncExc(tid, NULL)`` instead hangs CPython 3.11 under a
             tracer such as coverage.)
         """
         with self._lock:
-            self._deadlines.pop(token, None)
-            fired = token in self._fired
-            self._fired.discard(token)
-        if fired:
-            _absorb_pending_timeout()
+            watch = self._watches.pop(token, None)
+        fired = watch.fired if watch is not None else None
+        if fired is not None:
+            _absorb_pending(fired)
         return fired
 
+    def cancel(self, job_id: uuid.UUID) -> None:
+        """Interrupt the step of ``job_id`` running here (its handler never checked)."""
+        self._fire_where(lambda w: w.job_id == job_id, CancelInterrupt)
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Interrupt every running step that is still running ``grace_s`` from now."""
+        with self._lock:
+            self._shutdown_at = time.monotonic() + grace_s
+
+    def running_jobs(self) -> list[uuid.UUID]:
+        """Return the jobs whose steps run here now."""
+        with self._lock:
+            return [w.job_id for w in self._watches.values()]
+
+    def _fire_where(self, match: Callable[[_Watch], bool], exc: type[Interrupt]) -> None:
+        # Raise while holding the lock, so disarm() sees a consistent ``fired``.
+        with self._lock:
+            for watch in self._watches.values():
+                if watch.fired is None and match(watch):
+                    watch.fired = exc
+                    watch.fired_at = time.monotonic()
+                    logger.warning(
+                        "interrupting the step of job %s: %s", watch.job_id, exc.__name__
+                    )
+                    raise_thread_exception(watch.thread_id, exc)  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        """Stop the supervisor thread (steps still running are no longer watched)."""
+        self._stopped.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self._interval_s)
+        while not self._stopped.wait(self._interval_s):
             now = time.monotonic()
-            # Raise while holding the lock, so disarm() sees a consistent _fired set.
-            with self._lock:
-                for token, (thread_id, at) in list(self._deadlines.items()):
-                    if at <= now:
-                        del self._deadlines[token]
-                        self._fired.add(token)
-                        logger.warning("step deadline passed, interrupting thread %s", thread_id)
-                        raise_thread_exception(thread_id, StepTimeout)  # type: ignore[no-untyped-call]
+            shutdown_at = self._shutdown_at
+            self._fire_where(lambda w, now=now: w.deadline <= now, StepTimeout)  # type: ignore[misc]
+            if shutdown_at is not None and shutdown_at <= now:
+                self._fire_where(lambda w: True, WorkerShutdown)
+            for watch, exc in self._stuck(now):
+                try:
+                    assert watch.on_stuck is not None
+                    watch.on_stuck(exc)
+                except Exception:  # the supervisor thread must survive
+                    logger.warning("recording a stuck step failed", exc_info=True)
+
+    def _stuck(self, now: float) -> list[tuple[_Watch, type[Interrupt]]]:
+        out = []
+        with self._lock:
+            for watch in self._watches.values():
+                if (
+                    watch.fired is not None
+                    and not watch.stuck_reported
+                    and watch.on_stuck is not None
+                    and now - watch.fired_at >= STUCK_GRACE_S
+                ):
+                    watch.stuck_reported = True
+                    out.append((watch, watch.fired))
+        return out
 
 
-def _absorb_pending_timeout() -> None:
-    """Let a pending asynchronous :class:`StepTimeout` surface here, and drop it.
+def _absorb_pending(exc: type[Interrupt]) -> None:
+    """Let a pending asynchronous interrupt surface here, and drop it.
 
     Pending asynchronous exceptions are raised at the interpreter's next check, which a
     backward jump in a Python loop always reaches.
@@ -140,5 +152,5 @@ def _absorb_pending_timeout() -> None:
     try:
         for _ in range(64):
             pass
-    except StepTimeout:
-        logger.debug("absorbed a step timeout that fired as the step ended")
+    except exc:
+        logger.debug("absorbed %s that fired as the step ended", exc.__name__)

@@ -3,11 +3,11 @@
 from typing import Any
 
 import pytest
-from errand_schema.models import Job
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 from errand.dev import DevSystem
+from errand_schema.models import Job
 
 
 def _job_count(system: DevSystem) -> int:

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-import errand_schema.models  # noqa: F401  (registers the tables)
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+import errand_schema.models  # noqa: F401  (registers the tables)
 from errand_schema.db import create_db_engine
 from errand_schema.migrate import upgrade_database
-from sqlmodel import SQLModel
 
 
 def test_sqlite_migrations_match_the_models(tmp_path: Path) -> None:

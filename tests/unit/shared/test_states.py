@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+
 from errand_schema.states import (
     INITIAL_STATUSES,
     JOB_TRANSITIONS,

@@ -5,12 +5,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from errand_schema.models import JobAttempt, JobEvent
 from fastapi.testclient import TestClient
 from helpers import wait_for
 from sqlmodel import Session, col, select
 
 from errand.dev import DevSystem
+from errand_schema.models import JobAttempt, JobEvent
 
 FINAL = {"completed", "failed", "dead", "cancelled"}
 

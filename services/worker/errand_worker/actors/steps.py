@@ -5,9 +5,9 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage
+
 from errand_schema.messages import RunJobStep
 from errand_schema.queues import step_actor_name
-
 from errand_worker.ledger import Refusal
 from errand_worker.runner import run_job_step
 from errand_worker.runtime import WorkerRuntime

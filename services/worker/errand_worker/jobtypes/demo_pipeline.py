@@ -6,9 +6,9 @@ Used by the tests, the dashboard and the benchmarks.
 import time
 from typing import Any
 
-from errand_schema.retry import RetryPolicy
 from pydantic import BaseModel, ConfigDict, Field
 
+from errand_schema.retry import RetryPolicy
 from errand_worker.context import StepContext
 from errand_worker.errors import PermanentError, TransientError
 from errand_worker.registry import JobTypeSpec, StepSpec

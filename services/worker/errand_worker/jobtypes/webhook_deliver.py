@@ -4,10 +4,10 @@ import json
 from typing import Any
 
 import httpx
-from errand_schema.retry import RetryPolicy
-from errand_schema.signing import SIGNATURE_HEADER, sign_body
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from errand_schema.retry import RetryPolicy
+from errand_schema.signing import SIGNATURE_HEADER, sign_body
 from errand_worker.context import StepContext
 from errand_worker.errors import PermanentError, TransientError
 from errand_worker.registry import JobTypeSpec

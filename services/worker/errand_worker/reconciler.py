@@ -1,0 +1,148 @@
+"""The reconciler: publishes what never reached the broker, repairs expired leases,
+releases retries that waited in PostgreSQL, and deletes old finished jobs.
+
+Exactly one runs at a time across all workers (:class:`~errand_worker.leader.LeaderLock`).
+"""
+
+import logging
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import delete, or_
+from sqlmodel import col, select
+
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, utcnow
+from errand_schema.states import JobStatus
+from errand_schema.transition import lock_job, transition_job
+from errand_worker.leader import LeaderLock
+from errand_worker.ledger import expire_lease
+from errand_worker.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+#: A job's own publisher gets this long before the reconciler publishes it instead.
+PUBLISH_GRACE_S = 2.0
+#: Rows handled per pass and per kind.
+BATCH = 200
+#: How often old finished jobs are deleted.
+RETENTION_EVERY_S = 60.0
+#: Statuses whose jobs wait for a message.
+_WAITING = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
+#: Statuses deleted by retention; dead jobs stay until requeued or purged.
+_RETAINED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Reconciler:
+    """Periodic repairs; call :meth:`run_once` or :meth:`start` a thread."""
+
+    def __init__(self, rt: WorkerRuntime, interval_s: float, retention_days: float) -> None:
+        self._rt = rt
+        self._interval_s = interval_s
+        self._retention = timedelta(days=retention_days)
+        self._leader = LeaderLock(rt.engine)
+        self._stop = threading.Event()
+        self._last_retention = 0.0
+
+    def start(self) -> threading.Thread:
+        """Run passes in a daemon thread until :meth:`stop`."""
+        thread = threading.Thread(target=self._run, name="errand-reconciler", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop after the current pass and give up leadership."""
+        self._stop.set()
+        self._leader.release()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                if self._leader.acquire():
+                    self.run_once()
+            except Exception:  # the loop must survive database and broker outages
+                logger.warning("reconciler pass failed", exc_info=True)
+
+    def run_once(self) -> dict[str, int]:
+        """One pass; returns how many jobs each repair touched."""
+        counts = {"stalled": self.repair_expired_leases(), "published": self.publish_waiting()}
+        if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+            self._last_retention = time.monotonic()
+            counts["deleted"] = self.delete_expired()
+        return counts
+
+    def publish_waiting(self) -> int:
+        """Publish jobs waiting for a message that nobody sent (or that is due now)."""
+        now = utcnow()
+        with self._rt.transaction() as (s, _):
+            jobs = s.exec(
+                select(Job)
+                .where(
+                    col(Job.status).in_(_WAITING),
+                    col(Job.published_at).is_(None),
+                    col(Job.lease_owner).is_(None),
+                    or_(col(Job.run_at).is_(None), col(Job.run_at) <= now),
+                    col(Job.updated_at) < now - timedelta(seconds=PUBLISH_GRACE_S),
+                )
+                .order_by(col(Job.updated_at))
+                .limit(BATCH)
+            ).all()
+            rows = [(j.id, j.step_index, j.attempt, j.queue, j.priority) for j in jobs]
+        for job_id, step_index, attempt, queue, priority in rows:
+            msg = RunJobStep(job_id=job_id, step_index=step_index, attempt=attempt + 1)
+            self._rt.enqueue(msg, queue, priority, None)
+        if rows:
+            logger.info("published %d waiting jobs", len(rows))
+        return len(rows)
+
+    def repair_expired_leases(self) -> int:
+        """Hand back running jobs whose worker stopped renewing its lease."""
+        with self._rt.transaction() as (s, _):
+            ids = s.exec(
+                select(Job.id)
+                .where(
+                    col(Job.status) == JobStatus.RUNNING,
+                    col(Job.lease_owner).is_not(None),
+                    col(Job.lease_expires_at) < utcnow(),
+                )
+                .limit(BATCH)
+            ).all()
+        return sum(self._hand_back(job_id) for job_id in ids)
+
+    def _hand_back(self, job_id: uuid.UUID) -> int:
+        with self._rt.transaction() as (s, events):
+            job = lock_job(s, job_id)
+            if (
+                job is None
+                or job.status != JobStatus.RUNNING
+                or job.lease_expires_at is None
+                or job.lease_expires_at >= utcnow()
+            ):
+                return 0
+            if expire_lease(s, events, job, "reconciler"):
+                job.published_at = None
+                events.append(
+                    transition_job(
+                        s,
+                        job,
+                        JobStatus.QUEUED,
+                        actor="reconciler",
+                        message="stalled; handed back to the queue",
+                    )
+                )
+        logger.warning("job %s stalled (its worker's lease expired); handed back", job_id)
+        return 1
+
+    def delete_expired(self) -> int:
+        """Delete finished jobs older than the retention period (dead jobs stay)."""
+        cutoff = utcnow() - self._retention
+        with self._rt.transaction() as (s, _):
+            result = s.exec(
+                delete(Job).where(col(Job.status).in_(_RETAINED), col(Job.finished_at) < cutoff)
+            )
+            deleted = int(result.rowcount or 0)
+        if deleted:
+            logger.info("retention deleted %d finished jobs", deleted)
+        return deleted

@@ -1,8 +1,6 @@
 """The ``errand`` command: run the services, run everything at once, talk to a system."""
 
 import json
-import os
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -42,24 +40,9 @@ def notifier() -> None:
 @app.command()
 def worker() -> None:
     """Run worker processes under the Dramatiq CLI (ERRAND_PROCESSES, ERRAND_THREADS)."""
-    from errand_worker.broker import build_registry
-    from errand_worker.settings import get_settings
+    from errand_worker.main import run
 
-    settings = get_settings()
-    queues = sorted(set(settings.queues) | build_registry(settings).queues())
-    args = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "errand_worker.boot",
-        "--processes",
-        str(settings.processes),
-        "--threads",
-        str(settings.threads),
-        "--queues",
-        *queues,
-    ]
-    os.execv(sys.executable, args)  # noqa: S606  (replace this process: signals reach dramatiq)
+    run()
 
 
 @app.command()

@@ -59,3 +59,14 @@ class WorkerSettings(CommonSettings):
 def get_settings() -> WorkerSettings:
     """Return the process's settings, read once from the environment."""
     return WorkerSettings()
+
+
+def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
+    """Return the environment the Dramatiq CLI runs with (``errand worker``).
+
+    Dramatiq reads its prefetch from the environment at import time; a small prefetch
+    (one message per thread by default) keeps message priorities honoured.
+    """
+    env = dict(os.environ)
+    env["dramatiq_queue_prefetch"] = str(max(1, settings.threads * settings.prefetch_per_thread))
+    return env

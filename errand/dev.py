@@ -65,6 +65,7 @@ def build_dev_system(
     threads: int = 4,
     api_key: str | None = None,
     job_modules: list[str] | None = None,
+    worker_options: dict[str, Any] | None = None,
 ) -> DevSystem:
     """Create the database, broker, worker threads and the combined ASGI app.
 
@@ -86,7 +87,9 @@ def build_dev_system(
     server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=server)
     broker = StubBroker(middleware=worker_middleware())
-    worker_settings = WorkerSettings(**common, worker_name="dev", job_modules=job_modules or [])
+    worker_settings = WorkerSettings(
+        **common, worker_name="dev", job_modules=job_modules or [], **(worker_options or {})
+    )
     runtime = setup_worker(worker_settings, broker, engine, redis)
     api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)
     notifier_settings = NotifierSettings(**common)

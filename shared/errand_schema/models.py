@@ -140,6 +140,9 @@ class Job(SQLModel, table=True):
     step: str | None = Field(default=None, max_length=200)
     #: Attempt number of the current step (0 before its first attempt).
     attempt: int = 0
+    #: How many times the job was (re)queued as a whole: 1, then +1 per manual retry or
+    #: DLQ requeue, each with a fresh attempt budget.
+    run: int = 1
     max_attempts: int = 3
     retry: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
     timeout_s: float | None = None
@@ -187,10 +190,13 @@ class JobAttempt(SQLModel, table=True):
     """One attempt at one step: who ran it, how long, and how it ended."""
 
     __tablename__ = "job_attempts"
-    __table_args__ = (UniqueConstraint("job_id", "step_index", "attempt"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "run", "step_index", "attempt", name="uq_job_attempts_number"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    run: int = 1
     step_index: int
     attempt: int
     worker: str = Field(max_length=200)

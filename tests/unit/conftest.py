@@ -2,11 +2,13 @@
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
+from unit_options import TEST_WORKER_OPTIONS
 
 from errand.dev import DevSystem, build_dev_system
 from errand_schema.auth import create_user
@@ -25,9 +27,20 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def dev_system(tmp_path: Path) -> Iterator[DevSystem]:
+def worker_options() -> dict[str, Any]:
+    """Worker settings for ``dev_system``; override the fixture to change them."""
+    return dict(TEST_WORKER_OPTIONS)
+
+
+@pytest.fixture
+def dev_system(tmp_path: Path, worker_options: dict[str, Any]) -> Iterator[DevSystem]:
     """The whole system in-process (dev mode), worker threads not started."""
-    system = build_dev_system(tmp_path / "dev", threads=2, job_modules=["sample_jobs"])
+    system = build_dev_system(
+        tmp_path / "dev",
+        threads=2,
+        job_modules=["sample_jobs", "engine_jobs"],
+        worker_options=worker_options,
+    )
     yield system
     system.close()
 
@@ -51,3 +64,10 @@ def make_user(dev_system: DevSystem) -> Callable[..., str]:
         return key
 
     return make
+
+
+@pytest.fixture
+def running(dev_system: DevSystem, api_client: TestClient) -> TestClient:
+    """The API client, with the dev system's worker threads running."""
+    dev_system.worker.start()
+    return api_client

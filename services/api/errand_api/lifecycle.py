@@ -100,6 +100,7 @@ def requeue_job(
         job.step = first_open.name
     job.progress = (100 * job.step_index // len(steps)) if steps else 0
     job.attempt = 0
+    job.run += 1
     job.error = None
     job.cancel_requested_at = None
     job.lease_owner = None

@@ -65,6 +65,7 @@ class JobRetry(BaseModel):
 class AttemptPublic(BaseModel):
     """One attempt at one step."""
 
+    run: int
     step_index: int
     step: str | None
     attempt: int

@@ -38,6 +38,7 @@ class Claim:
     steps: list[StepSpec]
     step_index: int
     attempt: int
+    run: int
     queue: str
     priority: str
     timeout_s: float
@@ -132,7 +133,11 @@ def _start(
     step_row.started_at = step_row.started_at or now
     step_row.error = None
     s.add(step_row)
-    s.add(JobAttempt(job_id=job.id, step_index=job.step_index, attempt=attempt, worker=rt.worker))
+    s.add(
+        JobAttempt(
+            job_id=job.id, run=job.run, step_index=job.step_index, attempt=attempt, worker=rt.worker
+        )
+    )
     events.append(
         append_event(
             s,
@@ -157,6 +162,7 @@ def _start(
         steps=plan,
         step_index=job.step_index,
         attempt=attempt,
+        run=job.run,
         queue=job.queue,
         priority=job.priority,
         timeout_s=step.timeout_s or job.timeout_s or spec.timeout_s or rt.default_step_timeout_s,
@@ -183,6 +189,7 @@ def expire_lease(s: Session, events: list[JobEventMessage], job: Job, actor: str
     lost = s.exec(
         select(JobAttempt).where(
             JobAttempt.job_id == job.id,
+            JobAttempt.run == job.run,
             JobAttempt.step_index == job.step_index,
             JobAttempt.attempt == job.attempt,
         )
@@ -252,6 +259,7 @@ def fenced_job(s: Session, claim: Claim, worker: str) -> Job:
         job is None
         or job.lease_owner != worker
         or job.attempt != claim.attempt
+        or job.run != claim.run
         or job.step_index != claim.step_index
         or job.status != JobStatus.RUNNING
     ):
@@ -315,6 +323,7 @@ def finish_attempt(
     row = s.exec(
         select(JobAttempt).where(
             JobAttempt.job_id == claim.job_id,
+            JobAttempt.run == claim.run,
             JobAttempt.step_index == claim.step_index,
             JobAttempt.attempt == claim.attempt,
         )

@@ -155,12 +155,19 @@ def _call_supervised(rt: WorkerRuntime, claim: Claim, ctx: StepContext, started:
         if claim.spec.isolation == "process":
             return run_in_child(claim.step, ctx)
         if claim.step.is_async:
-            return asyncio.run(claim.step.fn(ctx))
+            return asyncio.run(_run_async(rt, token, claim, ctx))
         return claim.step.fn(ctx)
     finally:
         fired = rt.watchdog.disarm(token)
         if fired is not None:
             raise fired(f"step stopped by {fired.__name__}")
+
+
+async def _run_async(rt: WorkerRuntime, token: int, claim: Claim, ctx: StepContext) -> Any:
+    task = asyncio.current_task()
+    assert task is not None
+    rt.watchdog.attach_task(token, task)
+    return await claim.step.fn(ctx)
 
 
 def _on_cancel(claim: Claim, ctx: StepContext) -> None:

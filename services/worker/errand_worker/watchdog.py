@@ -8,6 +8,7 @@ the supervisor thread instead, so the attempt is recorded at the deadline anyway
 its late result is discarded by fencing.
 """
 
+import asyncio
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
+from typing import Any
 
 from dramatiq.threading import Interrupt, raise_thread_exception
 
@@ -35,6 +37,9 @@ class _Watch:
     fired: type[Interrupt] | None = None
     fired_at: float = 0.0
     stuck_reported: bool = False
+    #: For ``async`` steps: the loop and task to cancel instead of raising in the thread
+    #: (a thread waiting in the event loop's selector would not see the interrupt).
+    task: "tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None" = None
 
 
 class Watchdog:
@@ -84,6 +89,13 @@ class Watchdog:
             _absorb_pending(fired)
         return fired
 
+    def attach_task(self, token: int, task: "asyncio.Task[Any]") -> None:
+        """Interrupt an ``async`` step by cancelling ``task`` (called inside its loop)."""
+        with self._lock:
+            watch = self._watches.get(token)
+            if watch is not None:
+                watch.task = (task.get_loop(), task)
+
     def cancel(self, job_id: uuid.UUID) -> None:
         """Interrupt the step of ``job_id`` running here (its handler never checked)."""
         self._fire_where(lambda w: w.job_id == job_id, CancelInterrupt)
@@ -108,7 +120,11 @@ class Watchdog:
                     logger.warning(
                         "interrupting the step of job %s: %s", watch.job_id, exc.__name__
                     )
-                    raise_thread_exception(watch.thread_id, exc)  # type: ignore[no-untyped-call]
+                    if watch.task is not None:
+                        loop, task = watch.task
+                        loop.call_soon_threadsafe(task.cancel)
+                    else:
+                        raise_thread_exception(watch.thread_id, exc)  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         """Stop the supervisor thread (steps still running are no longer watched)."""

@@ -1,53 +1,13 @@
 """The step runner in-process (dev mode): steps, checkpoints, retries, dead letters."""
 
-import uuid
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 from fastapi.testclient import TestClient
 from helpers import wait_for
-from sqlmodel import Session, col, select
+from inprocess import attempts as _attempts
+from inprocess import events as _events
+from inprocess import submit as _submit
+from inprocess import wait_status as _final
 
 from errand.dev import DevSystem
-from errand_schema.models import JobAttempt, JobEvent
-
-FINAL = {"completed", "failed", "dead", "cancelled"}
-
-
-@pytest.fixture
-def running(dev_system: DevSystem, api_client: TestClient) -> Iterator[TestClient]:
-    """The API client, with the dev system's worker threads running."""
-    dev_system.worker.start()
-    return api_client
-
-
-def _submit(
-    client: TestClient, job_type: str, payload: dict[str, Any] | None = None, **options: Any
-) -> str:
-    resp = client.post("/v1/jobs", json={"type": job_type, "payload": payload or {}, **options})
-    assert resp.status_code == 202, resp.text
-    return str(resp.json()["id"])
-
-
-def _final(client: TestClient, job_id: str, timeout_s: float = 20) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        return job if job["status"] in FINAL else None
-
-    return wait_for(done, timeout_s, 0.05, what=f"job {job_id} to finish")
-
-
-def _events(system: DevSystem, job_id: str) -> list[JobEvent]:
-    with Session(system.engine) as s:
-        stmt = select(JobEvent).where(JobEvent.job_id == uuid.UUID(job_id))
-        return list(s.exec(stmt.order_by(col(JobEvent.seq))).all())
-
-
-def _attempts(system: DevSystem, job_id: str) -> list[JobAttempt]:
-    with Session(system.engine) as s:
-        stmt = select(JobAttempt).where(JobAttempt.job_id == uuid.UUID(job_id))
-        return list(s.exec(stmt.order_by(col(JobAttempt.step_index), col(JobAttempt.attempt))))
 
 
 def test_steps_run_in_order_and_outputs_reach_later_steps(

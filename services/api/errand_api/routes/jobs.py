@@ -112,7 +112,7 @@ def list_attempts(
     rows = session.exec(
         select(JobAttempt)
         .where(JobAttempt.job_id == job_id)
-        .order_by(col(JobAttempt.step_index), col(JobAttempt.attempt))
+        .order_by(col(JobAttempt.run), col(JobAttempt.step_index), col(JobAttempt.attempt))
     ).all()
     return [
         AttemptPublic(step=names.get(r.step_index), **r.model_dump(exclude={"id", "job_id"}))

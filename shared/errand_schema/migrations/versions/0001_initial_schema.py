@@ -1,8 +1,8 @@
-"""initial schema
+"""Initial schema: users, API keys, job types, jobs, steps, attempts and events.
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 19:55:01.860032
+Create Date: 2026-11-22 20:30:10.024016
 """
 
 from collections.abc import Sequence
@@ -72,6 +72,7 @@ def upgrade() -> None:
     sa.Column('step_index', sa.Integer(), nullable=False),
     sa.Column('step', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('run', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('retry', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('timeout_s', sa.Float(), nullable=True),
@@ -98,6 +99,7 @@ def upgrade() -> None:
     op.create_table('job_attempts',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Uuid(), nullable=False),
+    sa.Column('run', sa.Integer(), nullable=False),
     sa.Column('step_index', sa.Integer(), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('worker', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
@@ -110,7 +112,7 @@ def upgrade() -> None:
     sa.Column('duration_ms', sa.Float(), nullable=True),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('job_id', 'step_index', 'attempt')
+    sa.UniqueConstraint('job_id', 'run', 'step_index', 'attempt', name='uq_job_attempts_number')
     )
     op.create_index(op.f('ix_job_attempts_job_id'), 'job_attempts', ['job_id'], unique=False)
     op.create_table('job_events',

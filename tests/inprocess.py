@@ -1,0 +1,62 @@
+"""Helpers for tests that drive the in-process (dev mode) system through its API."""
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+from helpers import wait_for
+from sqlmodel import Session, col, select
+
+from errand.dev import DevSystem
+from errand_schema.models import JobAttempt, JobEvent
+
+FINAL = {"completed", "failed", "dead", "cancelled"}
+
+
+def submit(
+    client: TestClient, job_type: str, payload: dict[str, Any] | None = None, **options: Any
+) -> str:
+    """Submit a job; return its id."""
+    resp = client.post("/v1/jobs", json={"type": job_type, "payload": payload or {}, **options})
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def get(client: TestClient, job_id: str) -> dict[str, Any]:
+    """Return a job."""
+    resp = client.get(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def wait_status(
+    client: TestClient, job_id: str, statuses: set[str] | None = None, timeout_s: float = 20
+) -> dict[str, Any]:
+    """Wait until the job is in one of ``statuses`` (default: any final one)."""
+    wanted = statuses or FINAL
+
+    def reached() -> dict[str, Any] | None:
+        job = get(client, job_id)
+        return job if job["status"] in wanted else None
+
+    return wait_for(reached, timeout_s, 0.03, what=f"job {job_id} to be {sorted(wanted)}")
+
+
+def events(system: DevSystem, job_id: str) -> list[JobEvent]:
+    """Return the job's audit events in seq order."""
+    with Session(system.engine) as s:
+        stmt = select(JobEvent).where(JobEvent.job_id == uuid.UUID(job_id))
+        return list(s.exec(stmt.order_by(col(JobEvent.seq))).all())
+
+
+def attempts(system: DevSystem, job_id: str) -> list[JobAttempt]:
+    """Return the job's attempts by step and attempt number."""
+    with Session(system.engine) as s:
+        stmt = select(JobAttempt).where(JobAttempt.job_id == uuid.UUID(job_id))
+        return list(
+            s.exec(
+                stmt.order_by(
+                    col(JobAttempt.run), col(JobAttempt.step_index), col(JobAttempt.attempt)
+                )
+            )
+        )

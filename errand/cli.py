@@ -6,6 +6,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from errand import cli_jobs
 from errand.client import FINAL_STATUSES, ErrandClient, ErrandError
 from errand.progress import JobProgress
 from errand.settings import ClientSettings
@@ -17,6 +18,10 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(cli_jobs.dlq_app, name="dlq")
+app.command()(cli_jobs.cancel)
+app.command()(cli_jobs.retry)
+app.command()(cli_jobs.watch)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -85,14 +90,6 @@ def users_create(
     print(key)
 
 
-def _client_settings() -> tuple[ClientSettings, str]:
-    settings = ClientSettings().resolved()
-    if settings.api_key is None:
-        err_console.print("[red]No API key: set ERRAND_API_KEY (or run `errand dev` here).")
-        raise typer.Exit(2)
-    return settings, settings.api_key.get_secret_value()
-
-
 @app.command()
 def submit(
     job_type: str,
@@ -102,7 +99,7 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600,
 ) -> None:
     """Submit a job and print its id (with --wait, follow it to the end)."""
-    settings, key = _client_settings()
+    settings, key = cli_jobs.client_settings()
     try:
         body: dict[str, Any] = json.loads(payload)
     except ValueError as exc:
@@ -113,7 +110,7 @@ def submit(
         try:
             job = client.submit(job_type, body, **options)
         except ErrandError as exc:
-            _print_problem(exc)
+            cli_jobs.print_problem(exc)
             raise typer.Exit(1) from exc
         if not wait:
             print(job["id"])
@@ -125,12 +122,12 @@ def submit(
 @app.command()
 def status(job_id: str) -> None:
     """Print a job as JSON."""
-    settings, key = _client_settings()
+    settings, key = cli_jobs.client_settings()
     with ErrandClient(str(settings.url), key) as client:
         try:
             console.print_json(data=client.get(job_id))
         except ErrandError as exc:
-            _print_problem(exc)
+            cli_jobs.print_problem(exc)
             raise typer.Exit(1) from exc
 
 
@@ -160,12 +157,6 @@ def _follow(
     elif final.get("error"):
         err_console.print(f"[red]{final['error'].get('type')}: {final['error'].get('message')}")
     return final
-
-
-def _print_problem(exc: ErrandError) -> None:
-    err_console.print(f"[red]{exc}")
-    for err in exc.problem.get("errors") or []:
-        err_console.print(f"  [red]{err.get('field')}: {err.get('message')}")
 
 
 def main() -> None:

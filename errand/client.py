@@ -56,6 +56,42 @@ class ErrandClient:
         """Return a job."""
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
+    def cancel(self, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """Cancel a job (at once, or at its next step boundary if it is running)."""
+        return self._json(self._http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: uuid.UUID | str, *, from_start: bool = False) -> dict[str, Any]:
+        """Run a failed, dead or cancelled job again."""
+        return self._json(
+            self._http.post(f"/v1/jobs/{job_id}/retry", json={"from_start": from_start})
+        )
+
+    def attempts(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        """Return every attempt of a job."""
+        return self._list(self._http.get(f"/v1/jobs/{job_id}/attempts"))
+
+    def dead_jobs(self, **filters: Any) -> dict[str, Any]:
+        """List the dead-letter queue (admin): filters type, error, min_age_s, max_age_s."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._json(self._http.get("/v1/admin/dlq", params=params))
+
+    def requeue_dead(self, **selector: Any) -> dict[str, Any]:
+        """Requeue dead jobs (admin): job_ids, type, error, min_age_s, all, payload."""
+        body = {k: v for k, v in selector.items() if v is not None}
+        return self._json(self._http.post("/v1/admin/dlq/requeue", json=body))
+
+    def purge_dead(self, **selector: Any) -> dict[str, Any]:
+        """Delete dead jobs (admin): job_ids, type, error, min_age_s, all."""
+        body = {k: v for k, v in selector.items() if v is not None}
+        return self._json(self._http.post("/v1/admin/dlq/purge", json=body))
+
+    def _list(self, response: httpx.Response) -> list[dict[str, Any]]:
+        if response.is_error:
+            self._json(response)
+        data = response.json()
+        assert isinstance(data, list)
+        return data
+
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
         try:

@@ -121,3 +121,40 @@ def test_submit_wait_exits_non_zero_when_the_job_fails(dev_server: tuple[str, Pa
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout
     assert "PermanentError" in result.stderr
+
+
+def _errand(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
+    return subprocess.run([sys.executable, "-m", "errand", *args], cwd=folder,
+                          env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_cancels_retries_watches_and_works_the_dlq(dev_server: tuple[str, Path]) -> None:
+    url, folder = dev_server
+    key = json.loads((folder / ".errand" / "dev.json").read_text())["api_key"]
+    with ErrandClient(url, key) as client:
+        # cancel a long job, retry it with short steps, and watch it complete
+        long_job = client.submit("demo.pipeline", {"steps": [{"name": "long", "duration_s": 60,
+                                                              "ticks": 600}]})
+        assert _errand(folder, "cancel", long_job["id"]).returncode == 0
+        cancelled = _errand(folder, "watch", long_job["id"])
+        assert cancelled.returncode == 1
+        assert "cancelled" in cancelled.stdout
+        # a dead job is listed in the DLQ, requeued with a passing payload, and completes
+        dead = client.submit("demo.pipeline", {"steps": [{"name": "x", "duration_s": 0,
+                                                          "fail_attempts": 99}]},
+                             max_attempts=1)
+        assert _errand(folder, "watch", dead["id"]).returncode == 1
+        listed = _errand(folder, "dlq", "ls", "--type", "demo.pipeline")
+        assert dead["id"] in listed.stdout, listed.stdout + listed.stderr
+        passing = json.dumps({"steps": [{"name": "x", "duration_s": 0}]})
+        requeued = _errand(folder, "dlq", "requeue", dead["id"], "--payload", passing)
+        assert requeued.returncode == 0, requeued.stderr
+        assert "requeued 1 jobs" in requeued.stdout
+        done = _errand(folder, "watch", dead["id"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        # retry of a completed job is refused with the API's reason
+        refused = _errand(folder, "retry", dead["id"])
+        assert refused.returncode == 1
+        assert "409" in refused.stderr

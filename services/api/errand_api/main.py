@@ -58,7 +58,7 @@ def create_app(
         broker=broker,
         publisher=Publisher(broker),
         events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
-        catalog=Catalog(engine, settings.job_type_cache_s),
+        catalog=Catalog(settings.job_type_cache_s),
         redis_ping=RedisPing(redis),
     )
 

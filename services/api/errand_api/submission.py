@@ -21,7 +21,7 @@ def create_job(
     Raises:
         InvalidJob: The type is unknown or the payload breaks the type's schema.
     """
-    found = catalog.get(body.type)
+    found = catalog.get(session, body.type)
     if found is None:
         raise InvalidJob(
             f"Unknown job type {body.type!r}.",

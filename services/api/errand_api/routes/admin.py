@@ -50,7 +50,7 @@ def requeue_dead_jobs(
     """
     jobs = _select(session, body)
     if body.payload is not None:
-        _check_edited_payload(services, jobs, body)
+        _check_edited_payload(services, session, jobs, body)
     events = []
     for job in jobs:
         events += requeue_job(
@@ -99,13 +99,15 @@ def _select(session: Session, body: DlqSelector) -> list[Job]:
     return select_dead_jobs(session, filters, body.limit, lock=True)
 
 
-def _check_edited_payload(services: ServicesDep, jobs: list[Job], body: DlqRequeue) -> None:
+def _check_edited_payload(
+    services: ServicesDep, session: Session, jobs: list[Job], body: DlqRequeue
+) -> None:
     if not body.job_ids or len(body.job_ids) != 1 or len(jobs) != 1:
         raise InvalidJob(
             "An edited payload needs exactly one dead job id.",
             [{"field": "payload", "message": "only with exactly one job id"}],
         )
-    found = services.catalog.get(jobs[0].type)
+    found = services.catalog.get(session, jobs[0].type)
     if found is None:
         raise InvalidJob(
             f"Job type {jobs[0].type!r} is not registered.",

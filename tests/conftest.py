@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import redis
+
 from helpers import Infra
 
 PG_ADMIN_DSN = os.environ.get("ERRAND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

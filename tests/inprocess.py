@@ -4,11 +4,12 @@ import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
-from helpers import wait_for
 from sqlmodel import Session, col, select
 
 from errand.dev import DevSystem
 from errand_schema.models import JobAttempt, JobEvent
+
+from helpers import wait_for
 
 FINAL = {"completed", "failed", "dead", "cancelled"}
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ServiceProcess, free_port, wait_http_ok
 
 from errand.client import ErrandClient
 from errand.watch import JobWatcher
+
+from helpers import ServiceProcess, free_port, wait_http_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -125,9 +126,14 @@ def test_submit_wait_exits_non_zero_when_the_job_fails(dev_server: tuple[str, Pa
 
 def _errand(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
-    return subprocess.run([sys.executable, "-m", "errand", *args], cwd=folder,
-                          env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "errand", *args],
+        cwd=folder,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli_cancels_retries_watches_and_works_the_dlq(dev_server: tuple[str, Path]) -> None:
@@ -135,16 +141,19 @@ def test_cli_cancels_retries_watches_and_works_the_dlq(dev_server: tuple[str, Pa
     key = json.loads((folder / ".errand" / "dev.json").read_text())["api_key"]
     with ErrandClient(url, key) as client:
         # cancel a long job, retry it with short steps, and watch it complete
-        long_job = client.submit("demo.pipeline", {"steps": [{"name": "long", "duration_s": 60,
-                                                              "ticks": 600}]})
+        long_job = client.submit(
+            "demo.pipeline", {"steps": [{"name": "long", "duration_s": 60, "ticks": 600}]}
+        )
         assert _errand(folder, "cancel", long_job["id"]).returncode == 0
         cancelled = _errand(folder, "watch", long_job["id"])
         assert cancelled.returncode == 1
         assert "cancelled" in cancelled.stdout
         # a dead job is listed in the DLQ, requeued with a passing payload, and completes
-        dead = client.submit("demo.pipeline", {"steps": [{"name": "x", "duration_s": 0,
-                                                          "fail_attempts": 99}]},
-                             max_attempts=1)
+        dead = client.submit(
+            "demo.pipeline",
+            {"steps": [{"name": "x", "duration_s": 0, "fail_attempts": 99}]},
+            max_attempts=1,
+        )
         assert _errand(folder, "watch", dead["id"]).returncode == 1
         listed = _errand(folder, "dlq", "ls", "--type", "demo.pipeline")
         assert dead["id"] in listed.stdout, listed.stdout + listed.stderr

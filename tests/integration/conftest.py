@@ -4,13 +4,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from errand_schema.auth import create_user
 from errand_schema.db import create_db_engine
 from errand_schema.models import JobType
+
+from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.integration
 

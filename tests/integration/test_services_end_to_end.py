@@ -6,10 +6,11 @@ from typing import Any
 import httpx
 import pytest
 import socketio
-from helpers import wait_for
 
 from errand.client import ErrandClient, ErrandError
 from errand.watch import JobWatcher
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.integration
 

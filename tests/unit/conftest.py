@@ -8,12 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
-from unit_options import TEST_WORKER_OPTIONS
 
 from errand.dev import DevSystem, build_dev_system
 from errand_schema.auth import create_user
 from errand_schema.db import create_db_engine
 from errand_schema.migrate import upgrade_database
+
+from unit_options import TEST_WORKER_OPTIONS
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from errand_schema.messages import RunJobStep
 from errand_schema.models import JobStep, utcnow
 from errand_schema.states import JobStatus, StepStatus
 from errand_schema.transition import append_event, transition_job
+from errand_worker.alerts import alert_dead_job
 from errand_worker.ledger import (
     Claim,
     NextMessage,
@@ -140,7 +141,9 @@ def fail_step(
                     data={"attempts": job.attempt},
                 )
             )
-            return Outcome("dead")
+            url = claim.spec.alert_webhook_url
+            alert = alert_dead_job(s, events, job, url, actor) if url else None
+            return Outcome("dead", alert)
         job.published_at = None
         events.append(
             transition_job(

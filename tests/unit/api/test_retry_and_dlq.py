@@ -5,10 +5,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from helpers import wait_for
-from inprocess import attempts, events, get, submit, wait_status
 
 from errand.dev import DevSystem
+
+from helpers import wait_for
+from inprocess import attempts, events, get, submit, wait_status
 
 
 def _ran(marker: Path) -> list[str]:

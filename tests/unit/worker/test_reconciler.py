@@ -4,11 +4,12 @@ import uuid
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
-from inprocess import attempts, events, get, submit, wait_status
 from sqlmodel import Session
 
 from errand.dev import DevSystem
 from errand_schema.models import Job, utcnow
+
+from inprocess import attempts, events, get, submit, wait_status
 
 
 def _edit(system: DevSystem, job_id: str, **values: object) -> None:

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from inprocess import attempts, events, submit, wait_status
 
 from errand.dev import DevSystem
 from errand_schema.retry import RetryPolicy
+
+from inprocess import attempts, events, submit, wait_status
 
 #: Scheduling slack on top of a promised delay (poll intervals, a busy 2-core machine).
 SLACK_S = 1.0

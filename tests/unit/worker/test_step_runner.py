@@ -1,13 +1,14 @@
 """The step runner in-process (dev mode): steps, checkpoints, retries, dead letters."""
 
 from fastapi.testclient import TestClient
+
+from errand.dev import DevSystem
+
 from helpers import wait_for
 from inprocess import attempts as _attempts
 from inprocess import events as _events
 from inprocess import submit as _submit
 from inprocess import wait_status as _final
-
-from errand.dev import DevSystem
 
 
 def test_steps_run_in_order_and_outputs_reach_later_steps(

@@ -4,10 +4,11 @@ import os
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from helpers import wait_for
-from inprocess import attempts, events, get, submit, wait_status
 
 from errand.dev import DevSystem
+
+from helpers import wait_for
+from inprocess import attempts, events, get, submit, wait_status
 
 #: The issue's bound: a timed-out attempt ends within this long after its deadline.
 DEADLINE_SLACK_S = 2.0

@@ -83,6 +83,7 @@ def build_dev_system(
         "rabbitmq_url": IN_MEMORY,
         "redis_url": IN_MEMORY,
         "dev_mode": True,
+        "allow_private_urls": True,
     }
     server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=server)

@@ -73,6 +73,8 @@ class User(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
     )
     disabled_at: datetime | None = _ts()
+    #: Submissions per second this user may make (token bucket); NULL: the default.
+    rate_limit_per_s: float | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -163,6 +165,8 @@ class Job(SQLModel, table=True):
     published_at: datetime | None = _ts(index=True)
     run_at: datetime | None = _ts()
     cancel_requested_at: datetime | None = _ts()
+    #: POSTed (signed) with the job when it reaches a final status.
+    callback_url: str | None = Field(default=None, max_length=2000)
 
 
 class JobStep(SQLModel, table=True):
@@ -231,3 +235,18 @@ class JobEvent(SQLModel, table=True):
     #: Who caused it: ``api``, ``user:<id>``, ``worker:<name>``, ``reconciler``.
     actor: str = Field(max_length=200)
     at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """An ``Idempotency-Key`` a user sent with ``POST /v1/jobs``, kept for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: uuid.UUID = Field(foreign_key="users.id", primary_key=True, ondelete="CASCADE")
+    key: str = Field(primary_key=True, max_length=255)
+    #: SHA-256 of the canonical request body: the same key with another body is a 409.
+    request_hash: str = Field(max_length=64)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", ondelete="CASCADE")
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False, index=True)
+    )

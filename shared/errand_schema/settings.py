@@ -3,10 +3,10 @@
 Each service subclasses :class:`CommonSettings` in its own ``settings.py``.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class CommonSettings(BaseSettings):
@@ -40,6 +40,12 @@ class CommonSettings(BaseSettings):
     log_json: bool = False
     #: True in ``errand dev``: placeholders are allowed.
     dev_mode: bool = False
+    #: Allow webhooks and callbacks to loopback and private addresses (SSRF guard off).
+    allow_private_urls: bool = False
+    #: Hosts that webhooks and callbacks may always reach (comma-separated).
+    allowed_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split_hosts = field_validator("allowed_url_hosts", mode="before")(lambda v: split_commas(v))
 
     @field_validator("bootstrap_admin_key", "signing_secret")
     @classmethod

@@ -1,5 +1,10 @@
 """The one way a job changes: legal-move check, seq bump and audit row together.
 
+A job with ``callback_url`` that reaches a final status also gets its callback
+delivery added here, in the same transaction: an ordinary ``webhook.deliver`` job of the
+same owner, signed (``Errand-Signature``), retried with backoff and delivered at least
+once. It is written unpublished; the reconciler publishes it a moment later.
+
 Callers hold the job row locked (``SELECT ... FOR UPDATE``, see :func:`lock_job`), call
 these functions, and commit: the status, the seq and the audit row land in one
 transaction or not at all. After the commit they publish the returned events.
@@ -12,8 +17,10 @@ from typing import Any
 from sqlmodel import Session, select
 
 from errand_schema.events import EventType, JobEventMessage
-from errand_schema.models import Job, JobEvent, utcnow
+from errand_schema.models import Job, JobEvent, JobStep, utcnow
+from errand_schema.queues import DEFAULT_QUEUE, Priority
 from errand_schema.states import FINISHED_STATUSES, JobStatus, check_transition
+from errand_schema.views import job_public
 
 #: The event type written for a move into each status, unless the caller names one.
 DEFAULT_EVENT_TYPE: dict[JobStatus, EventType] = {
@@ -116,6 +123,9 @@ def transition_job(
         job.finished_at = at
         job.lease_owner = None
         job.lease_expires_at = None
+        if job.callback_url:
+            delivery_id = add_callback_delivery(session, job)
+            data = {**(data or {}), "callback_job_id": str(delivery_id)}
     elif from_status in FINISHED_STATUSES:
         job.finished_at = None
     return append_event(
@@ -128,3 +138,35 @@ def transition_job(
         from_status=from_status,
         now=at,
     )
+
+
+#: The built-in type that delivers callbacks.
+CALLBACK_JOB_TYPE = "webhook.deliver"
+#: Attempts at delivering one callback.
+CALLBACK_MAX_ATTEMPTS = 8
+
+
+def add_callback_delivery(session: Session, job: Job) -> uuid.UUID:
+    """Add the job that POSTs ``job`` (already in its final status) to its callback URL.
+
+    Returns:
+        The id of the delivery job.
+    """
+    assert job.callback_url is not None
+    steps = list(session.exec(select(JobStep).where(JobStep.job_id == job.id)).all())
+    view = job_public(job, steps).model_dump(mode="json")
+    view["seq"] = job.seq + 1  # the final event being written with this delivery
+    delivery = Job(
+        type=CALLBACK_JOB_TYPE,
+        owner_id=job.owner_id,
+        status="",
+        priority=Priority.HIGH,
+        queue=DEFAULT_QUEUE,
+        payload={"url": job.callback_url, "body": {"event": f"job.{job.status}", "job": view}},
+        max_attempts=CALLBACK_MAX_ATTEMPTS,
+        step="deliver",
+    )
+    session.add(JobStep(job_id=delivery.id, index=0, name="deliver"))
+    transition_job(session, delivery, JobStatus.QUEUED, actor="callbacks",
+                   message=f"callback for job {job.id}")
+    return delivery.id

@@ -13,6 +13,9 @@ from sqlmodel import Session
 from errand_api.catalog import Catalog
 from errand_api.errors import Forbidden, Unauthorized
 from errand_api.publisher import Publisher
+from errand_api.ratelimit import TokenBucket
+from errand_api.settings import ApiSettings
+from errand_api.submission import SubmissionRules
 from errand_schema.auth import Principal, authenticate
 from errand_schema.events import EventPublisher
 
@@ -27,6 +30,9 @@ class Services:
     events: EventPublisher
     catalog: Catalog
     redis_ping: "RedisPing"
+    limiter: TokenBucket
+    rules: SubmissionRules
+    settings: ApiSettings
 
 
 class RedisPing:

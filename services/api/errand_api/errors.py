@@ -38,6 +38,14 @@ class JobNotFound(ApiError):
     title = "Job not found"
 
 
+class KeyNotFound(ApiError):
+    """No such API key or user (or not the caller's)."""
+
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
 class JobNotCancellable(ApiError):
     """The job is finished; there is nothing to cancel."""
 
@@ -52,6 +60,26 @@ class JobNotRetryable(ApiError):
     status_code = 409
     code = "job_not_retryable"
     title = "Job not retryable"
+
+
+class IdempotencyConflict(ApiError):
+    """An Idempotency-Key reused with a different body."""
+
+    status_code = 409
+    code = "idempotency_conflict"
+    title = "Idempotency key conflict"
+
+
+class RateLimited(ApiError):
+    """Too many submissions; retry after the time in ``Retry-After``."""
+
+    status_code = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.headers = headers
 
 
 class InvalidJob(ApiError):

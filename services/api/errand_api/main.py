@@ -16,8 +16,10 @@ from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
-from errand_api.routes import admin, health, jobs
+from errand_api.ratelimit import TokenBucket
+from errand_api.routes import admin, health, job_actions, jobs, keys, stats
 from errand_api.settings import ApiSettings, get_settings
+from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
 from errand_schema.db import create_db_engine
 from errand_schema.events import EventPublisher
@@ -60,6 +62,13 @@ def create_app(
         events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
         catalog=Catalog(settings.job_type_cache_s),
         redis_ping=RedisPing(redis),
+        limiter=TokenBucket(redis, settings.redis_prefix),
+        rules=SubmissionRules(
+            max_payload_bytes=settings.max_payload_bytes,
+            allow_private_urls=settings.allow_private_urls,
+            allowed_url_hosts=frozenset(settings.allowed_url_hosts),
+        ),
+        settings=settings,
     )
 
     @asynccontextmanager
@@ -80,6 +89,9 @@ def create_app(
     _install_request_middleware(app, settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(job_actions.router)
+    app.include_router(stats.router)
+    app.include_router(keys.router)
     app.include_router(admin.router)
     return app
 

@@ -56,7 +56,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return problem(
             request, exc.status_code, exc.code, exc.title, exc.detail, exc.errors, headers
         )

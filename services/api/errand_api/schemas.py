@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,11 @@ class JobCreate(BaseModel):
     retry: RetryPolicy | None = Field(default=None, description="Overrides the type's policy.")
     timeout_s: float | None = Field(
         default=None, gt=0, le=MAX_TIMEOUT_S, description="Per-step timeout for this job."
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="POSTed with the job, signed, when it finishes (http or https, public).",
     )
 
 
@@ -132,3 +137,90 @@ class DeadJobsPublic(BaseModel):
 
     data: list[JobPublic]
     count: int
+
+
+class JobBatchCreate(BaseModel):
+    """Body of ``POST /v1/jobs:batch``: validated all together, created all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1)
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs; ``next_cursor`` fetches the next page (None on the last)."""
+
+    data: list[JobPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class TypeStats(BaseModel):
+    """Counts and durations of one (queue, job type)."""
+
+    queue: str
+    type: str
+    queued: int
+    running: int
+    retrying: int
+    dead: int
+    completed_last_minute: int
+    failed_last_minute: int
+    duration_p50_ms: float | None
+    duration_p95_ms: float | None
+
+
+class StatsPublic(BaseModel):
+    """``GET /v1/stats``: the caller's jobs (every job for admins)."""
+
+    scope: str
+    data: list[TypeStats]
+
+
+class KeyCreated(BaseModel):
+    """A new API key: the secret is shown this once."""
+
+    id: uuid.UUID
+    key: str
+    name: str
+    user_id: uuid.UUID
+
+
+class KeyPublic(BaseModel):
+    """An API key without its secret."""
+
+    id: uuid.UUID
+    prefix: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="default", min_length=1, max_length=200)
+
+
+class UserCreate(BaseModel):
+    """Body of ``POST /v1/admin/users``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["user", "admin"] = "user"
+    rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
+
+
+class UserPublic(BaseModel):
+    """A user as admins see it."""
+
+    id: uuid.UUID
+    name: str
+    role: str
+    created_at: datetime
+    disabled_at: datetime | None
+    rate_limit_per_s: float | None

@@ -16,6 +16,14 @@ class ApiSettings(CommonSettings):
     job_type_cache_s: float = 5.0
     #: Database connections per API process.
     db_pool_size: int = 20
+    #: Job submissions per second per user (token bucket); users may have their own.
+    rate_limit_per_s: float = 50.0
+    #: Submissions a user may make in one burst.
+    rate_limit_burst: int = 100
+    #: Most jobs in one ``POST /v1/jobs:batch``.
+    max_batch: int = 100
+    #: Largest payload of one job, in bytes of JSON.
+    max_payload_bytes: int = 262_144
 
 
 @lru_cache

@@ -75,9 +75,13 @@ def build_registry(settings: WorkerSettings) -> Registry:
     load_job_modules(settings.job_modules)
     registry = Registry()
     secret = settings.signing_secret.get_secret_value() if settings.signing_secret else None
-    for spec in builtin_job_types(
-        signing_secret=secret, webhook_timeout_s=settings.webhook_timeout_s
-    ):
+    builtins = builtin_job_types(
+        signing_secret=secret,
+        webhook_timeout_s=settings.webhook_timeout_s,
+        allow_private_urls=settings.allow_private_urls,
+        allowed_url_hosts=frozenset(settings.allowed_url_hosts),
+    )
+    for spec in builtins:
         registry.add(spec)
     for spec in default_registry:
         registry.add(spec)

@@ -1,32 +1,43 @@
-"""``/v1/jobs``: submit a job and read it back."""
+"""``/v1/jobs``: submit jobs (one or a batch), list and search them, read one."""
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
-from sqlmodel import col, select
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
-from errand_api.deps import PrincipalDep, ServicesDep, SessionDep
-from errand_api.errors import JobNotFound
-from errand_api.lifecycle import cancel_job, requeue_job
-from errand_api.schemas import AttemptPublic, EventPublic, JobCreate, JobRetry
-from errand_api.submission import create_job
+from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
+from errand_api.errors import InvalidJob, JobNotFound, RateLimited
+from errand_api.idempotency import find_job_for_key, remember_key, request_hash
+from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
+from errand_api.search import Sort, job_filters, list_jobs
+from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
 from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, JobAttempt, JobStep, utcnow
-from errand_schema.transition import lock_job
-from errand_schema.views import JobPublic, job_public, read_events_after, read_job_public
+from errand_schema.models import Job, User, utcnow
+from errand_schema.queues import Priority
+from errand_schema.states import JobStatus
+from errand_schema.views import JobPublic, job_public, read_job_public
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+#: The 404 every job route answers for a missing job and for another user's.
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job (or not yours)"}}
+_SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON"},
+    409: {"description": "Idempotency-Key reused with another body"},
+    413: {"description": "Body too large"},
+    422: {"description": "Invalid job"},
+    429: {"description": "Rate limited (see Retry-After)"},
+}
+
 
 @router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobPublic,
-    responses={400: {"description": "Malformed JSON"}, 422: {"description": "Invalid job"}},
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=_SUBMIT_ERRORS
 )
 def submit_job(
     body: JobCreate,
@@ -34,10 +45,31 @@ def submit_job(
     session: SessionDep,
     services: ServicesDep,
     principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    """Submit a job; it is queued at once and followed by its id."""
-    job, steps, event = create_job(session, services.catalog, principal, body)
-    session.commit()
+    """Submit a job; it is queued at once and followed by its id.
+
+    With an ``Idempotency-Key`` header, the same key and body return the same job for
+    24 hours (a different body is a 409).
+    """
+    body_hash = request_hash(body.model_dump(mode="json"))
+    if idempotency_key:
+        existing = find_job_for_key(session, principal.user_id, idempotency_key, body_hash)
+        if existing is not None:
+            return _existing(session, response, existing)
+    _take_tokens(session, services, principal, response, 1)
+    job, steps, event = create_job(session, services.catalog, principal, body, services.rules)
+    if idempotency_key:
+        remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won: answer with its job.
+        session.rollback()
+        existing = find_job_for_key(session, principal.user_id, idempotency_key or "", body_hash)
+        if existing is None:
+            raise
+        return _existing(session, response, existing)
     services.events.publish([event])
     publish_job(services, session, job)
     logger.info("job %s (%s) queued", job.id, job.type)
@@ -45,10 +77,83 @@ def submit_job(
     return job_public(job, steps)
 
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job (or not yours)"}}
+@router.post(
+    ":batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobsPublic,
+    responses=_SUBMIT_ERRORS,
+)
+def submit_batch(
+    body: JobBatchCreate,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    principal: PrincipalDep,
+) -> JobsPublic:
+    """Submit up to ``max_batch`` jobs in one round trip: all are valid and created, or none."""
+    limit = services.settings.max_batch
+    if len(body.jobs) > limit:
+        raise InvalidJob(
+            f"A batch holds at most {limit} jobs.",
+            [{"field": "jobs", "message": f"at most {limit} jobs"}],
+        )
+    errors = [
+        e
+        for i, job in enumerate(body.jobs)
+        for e in check_job(session, services.catalog, job, services.rules, f"jobs.{i}.")
+    ]
+    if errors:
+        raise InvalidJob("Some jobs in the batch are not valid; none was created.", errors)
+    _take_tokens(session, services, principal, response, len(body.jobs))
+    created = [
+        create_job(session, services.catalog, principal, job, services.rules) for job in body.jobs
+    ]
+    session.commit()
+    services.events.publish([event for _, _, event in created])
+    for job, _, _ in created:
+        publish_job(services, session, job)
+    return JobsPublic(
+        data=[job_public(job, steps) for job, steps, _ in created], count=len(created)
+    )
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
+@router.get("", response_model=JobsPublic)
+def search_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    status: Annotated[list[JobStatus] | None, Query(description="Any of these.")] = None,
+    type: Annotated[str | None, Query(max_length=200)] = None,
+    priority: Priority | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Text in the type, id or error.")
+    ] = None,
+    owner: Annotated[uuid.UUID | None, Query(description="Admins: one user's jobs.")] = None,
+    sort: Sort = "created_desc",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> JobsPublic:
+    """List your jobs (every job for admins), newest first, with filters and a cursor."""
+    where = job_filters(
+        principal,
+        status=[str(s) for s in status] if status else None,
+        job_type=type,
+        priority=priority,
+        created_after=created_after,
+        created_before=created_before,
+        q=q,
+        owner=owner,
+    )
+    jobs, steps, next_cursor = list_jobs(session, where, sort=sort, limit=limit, cursor=cursor)
+    return JobsPublic(
+        data=[job_public(j, steps.get(j.id, [])) for j in jobs],
+        count=len(jobs),
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobPublic:
     """Return a job with its steps, progress, result and error."""
     found = read_job_public(session, job_id)
@@ -57,107 +162,41 @@ def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> 
     return found[1]
 
 
-@router.post(
-    "/{job_id}/cancel",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobPublic,
-    responses={**_NOT_FOUND, 409: {"description": "Already finished"}},
-)
-def cancel(
-    job_id: uuid.UUID, session: SessionDep, services: ServicesDep, principal: PrincipalDep
-) -> JobPublic:
-    """Cancel a job: at once if it is not running, else at its next step boundary."""
-    job = _locked_own_job(session, job_id, principal)
-    events = cancel_job(session, job, f"user:{principal.user_id}")
-    session.commit()
-    services.events.publish(events)
-    return _view(session, job_id)
-
-
-@router.post(
-    "/{job_id}/retry",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobPublic,
-    responses={**_NOT_FOUND, 409: {"description": "Not failed, dead or cancelled"}},
-)
-def retry(
-    job_id: uuid.UUID,
-    session: SessionDep,
-    services: ServicesDep,
-    principal: PrincipalDep,
-    body: JobRetry | None = None,
-) -> JobPublic:
-    """Run a failed, dead or cancelled job again from the step that did not finish."""
-    job = _locked_own_job(session, job_id, principal)
-    events = requeue_job(
-        session, job, f"user:{principal.user_id}", from_start=bool(body and body.from_start)
-    )
-    session.commit()
-    services.events.publish(events)
-    publish_job(services, session, job)
-    return _view(session, job_id)
-
-
-@router.get("/{job_id}/attempts", response_model=list[AttemptPublic], responses=_NOT_FOUND)
-def list_attempts(
-    job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
-) -> list[AttemptPublic]:
-    """Every attempt at every step: outcome, error, traceback and duration."""
-    job = session.get(Job, job_id)
-    if job is None or not may_see(job, principal):
-        raise JobNotFound(f"No job {job_id}.")
-    names = {
-        s.index: s.name for s in session.exec(select(JobStep).where(JobStep.job_id == job_id)).all()
-    }
-    rows = session.exec(
-        select(JobAttempt)
-        .where(JobAttempt.job_id == job_id)
-        .order_by(col(JobAttempt.run), col(JobAttempt.step_index), col(JobAttempt.attempt))
-    ).all()
-    return [
-        AttemptPublic(step=names.get(r.step_index), **r.model_dump(exclude={"id", "job_id"}))
-        for r in rows
-    ]
-
-
-@router.get("/{job_id}/events", response_model=list[EventPublic], responses=_NOT_FOUND)
-def list_events(
-    job_id: uuid.UUID,
-    session: SessionDep,
-    principal: PrincipalDep,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> list[EventPublic]:
-    """The job's audit history: every event after ``after_seq``, in order."""
-    job = session.get(Job, job_id)
-    if job is None or not may_see(job, principal):
-        raise JobNotFound(f"No job {job_id}.")
-    rows = read_events_after(session, job_id, after_seq, limit)
-    return [EventPublic(**r.model_dump(exclude={"id", "job_id"})) for r in rows]
-
-
 def may_see(job: Job, principal: Principal) -> bool:
     """Whether ``principal`` may see and act on ``job``."""
     return principal.is_admin or job.owner_id == principal.user_id
 
 
-def _locked_own_job(session: SessionDep, job_id: uuid.UUID, principal: Principal) -> Job:
-    job = lock_job(session, job_id)
-    if job is None or not may_see(job, principal):
-        raise JobNotFound(f"No job {job_id}.")
-    return job
-
-
-def _view(session: SessionDep, job_id: uuid.UUID) -> JobPublic:
-    found = read_job_public(session, job_id)
-    assert found is not None
-    return found[1]
-
-
-def publish_job(services: ServicesDep, session: SessionDep, job: Job) -> None:
+def publish_job(services: Services, session: Session, job: Job) -> None:
     """Send the job's wake-up message and note when it reached the broker."""
     msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
     if services.publisher.publish(msg, job.queue, job.priority):
         job.published_at = utcnow()
         session.add(job)
         session.commit()
+
+
+def _existing(session: Session, response: Response, job_id: uuid.UUID) -> JobPublic:
+    found = read_job_public(session, job_id)
+    assert found is not None
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return found[1]
+
+
+def _take_tokens(
+    session: Session, services: Services, principal: Principal, response: Response, cost: int
+) -> None:
+    user = session.get(User, principal.user_id)
+    rate = (
+        user.rate_limit_per_s
+        if user and user.rate_limit_per_s
+        else services.settings.rate_limit_per_s
+    )
+    burst = max(services.settings.rate_limit_burst, cost)
+    decision = services.limiter.take(str(principal.user_id), rate, burst, cost)
+    if not decision.allowed:
+        raise RateLimited(
+            f"Too many submissions; retry in {decision.retry_after_s:.1f} s.", decision.headers()
+        )
+    response.headers.update(decision.headers())

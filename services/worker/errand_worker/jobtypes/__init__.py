@@ -6,10 +6,18 @@ from errand_worker.jobtypes.webhook_deliver import build_webhook_deliver
 from errand_worker.registry import JobTypeSpec
 
 
-def builtin_job_types(*, signing_secret: str | None, webhook_timeout_s: float) -> list[JobTypeSpec]:
+def builtin_job_types(
+    *,
+    signing_secret: str | None,
+    webhook_timeout_s: float,
+    allow_private_urls: bool = False,
+    allowed_url_hosts: frozenset[str] = frozenset(),
+) -> list[JobTypeSpec]:
     """Return the built-in job types, configured."""
-    return [
-        demo_pipeline,
-        noop,
-        build_webhook_deliver(signing_secret=signing_secret, timeout_s=webhook_timeout_s),
-    ]
+    webhook = build_webhook_deliver(
+        signing_secret=signing_secret,
+        timeout_s=webhook_timeout_s,
+        allow_private=allow_private_urls,
+        allowed_hosts=allowed_url_hosts,
+    )
+    return [demo_pipeline, noop, webhook]

@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from errand_schema.netpolicy import UrlRefused, check_url
 from errand_schema.retry import RetryPolicy
 from errand_schema.signing import SIGNATURE_HEADER, sign_body
 from errand_worker.context import StepContext
@@ -27,12 +28,26 @@ class WebhookPayload(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=120)
 
 
-def build_webhook_deliver(*, signing_secret: str | None, timeout_s: float) -> JobTypeSpec:
-    """Return the ``webhook.deliver`` type, signing with ``signing_secret`` when set."""
+def build_webhook_deliver(
+    *,
+    signing_secret: str | None,
+    timeout_s: float,
+    allow_private: bool = False,
+    allowed_hosts: frozenset[str] = frozenset(),
+) -> JobTypeSpec:
+    """Return the ``webhook.deliver`` type, signing with ``signing_secret`` when set.
+
+    URLs are checked against the SSRF policy (:mod:`errand_schema.netpolicy`) at
+    delivery time, after DNS resolution; a refused URL fails the job permanently.
+    """
 
     def deliver(ctx: StepContext) -> dict[str, Any]:
         payload = ctx.payload
         assert isinstance(payload, WebhookPayload)
+        try:
+            check_url(str(payload.url), allow_private=allow_private, allowed_hosts=allowed_hosts)
+        except UrlRefused as exc:
+            raise PermanentError(f"refused by the URL policy: {exc}") from exc
         raw = json.dumps(payload.body, separators=(",", ":")).encode()
         headers = {
             **payload.headers,

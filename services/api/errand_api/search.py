@@ -1,0 +1,130 @@
+"""Listing jobs: filters, text search and keyset cursors that stay stable under inserts."""
+
+import base64
+import binascii
+import contextlib
+import json
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import ColumnElement, String, and_, cast, or_
+from sqlmodel import Session, col, select
+
+from errand_api.errors import InvalidJob
+from errand_schema.auth import Principal
+from errand_schema.models import Job, JobStep
+
+#: Sort orders a caller may ask for.
+Sort = Literal["created_desc", "created_asc"]
+
+
+def encode_cursor(job: Job) -> str:
+    """Return an opaque cursor pointing just after ``job`` in the listing order."""
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Decode a cursor.
+
+    Raises:
+        InvalidJob: The cursor was not made by :func:`encode_cursor`.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidJob(
+            "The cursor is not valid.",
+            [{"field": "cursor", "message": "not a cursor from this API"}],
+        ) from exc
+
+
+def job_filters(
+    principal: Principal,
+    *,
+    status: list[str] | None = None,
+    job_type: str | None = None,
+    priority: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    q: str | None = None,
+    owner: uuid.UUID | None = None,
+) -> list[ColumnElement[bool]]:
+    """Return the WHERE clauses of a listing; non-admins see only their own jobs."""
+    where: list[ColumnElement[bool]] = []
+    if not principal.is_admin:
+        where.append(col(Job.owner_id) == principal.user_id)
+    elif owner is not None:
+        where.append(col(Job.owner_id) == owner)
+    if status:
+        where.append(col(Job.status).in_(status))
+    if job_type:
+        where.append(col(Job.type) == job_type)
+    if priority:
+        where.append(col(Job.priority) == priority)
+    if created_after:
+        where.append(col(Job.created_at) >= created_after)
+    if created_before:
+        where.append(col(Job.created_at) < created_before)
+    if q:
+        where.append(_text_search(q))
+    return where
+
+
+def _text_search(q: str) -> ColumnElement[bool]:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    terms: list[ColumnElement[bool]] = [
+        col(Job.type).ilike(pattern, escape="\\"),
+        cast(col(Job.error), String).ilike(pattern, escape="\\"),
+    ]
+    with contextlib.suppress(ValueError):
+        terms.append(col(Job.id) == uuid.UUID(q))
+    return or_(*terms)
+
+
+def list_jobs(
+    session: Session,
+    where: list[ColumnElement[bool]],
+    *,
+    sort: Sort,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], dict[uuid.UUID, list[JobStep]], str | None]:
+    """Return one page of jobs, their steps, and the cursor of the next page (or None)."""
+    desc = sort == "created_desc"
+    if cursor:
+        at, after_id = decode_cursor(cursor)
+        if desc:
+            where = [
+                *where,
+                or_(
+                    col(Job.created_at) < at,
+                    and_(col(Job.created_at) == at, col(Job.id) < after_id),
+                ),
+            ]
+        else:
+            where = [
+                *where,
+                or_(
+                    col(Job.created_at) > at,
+                    and_(col(Job.created_at) == at, col(Job.id) > after_id),
+                ),
+            ]
+    order = (
+        (col(Job.created_at).desc(), col(Job.id).desc())
+        if desc
+        else (col(Job.created_at).asc(), col(Job.id).asc())
+    )
+    jobs = list(session.exec(select(Job).where(*where).order_by(*order).limit(limit + 1)).all())
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    steps: dict[uuid.UUID, list[JobStep]] = {}
+    if jobs:
+        rows = session.exec(select(JobStep).where(col(JobStep.job_id).in_([j.id for j in jobs])))
+        for row in rows:
+            steps.setdefault(row.job_id, []).append(row)
+    return jobs, steps, encode_cursor(jobs[-1]) if more and jobs else None

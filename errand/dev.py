@@ -17,6 +17,7 @@ import fakeredis
 import socketio
 import uvicorn
 from dramatiq.brokers.stub import StubBroker
+from fastapi import FastAPI
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -50,6 +51,7 @@ class DevSystem:
     api_key: str
     redis_server: fakeredis.FakeServer
     runtime: WorkerRuntime
+    api: FastAPI
 
     def close(self) -> None:
         """Stop the worker threads and the supervisors, and close the connections."""
@@ -105,7 +107,7 @@ def build_dev_system(
     parent = Starlette(routes=[Mount("/", app=api)], lifespan=lifespan)
     app = socketio.ASGIApp(sio, other_asgi_app=parent)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
-    return DevSystem(app, broker, worker, engine, key, server, runtime)
+    return DevSystem(app, broker, worker, engine, key, server, runtime, api)
 
 
 def run_dev(*, host: str, port: int, threads: int, data_dir: str) -> None:

@@ -15,6 +15,8 @@ import httpx
 
 T = TypeVar("T")
 
+#: The signing secret of every service a test run starts.
+TEST_SIGNING_SECRET = "test-signing-secret-0123456789"
 #: Where service logs of a test run go (printed when a test fails).
 LOG_DIR = Path(os.environ.get("ERRAND_TEST_LOG_DIR", "/tmp/errand-test-logs"))
 
@@ -118,4 +120,7 @@ class Infra:
             "ERRAND_RABBITMQ_URL": self.rabbitmq_url,
             "ERRAND_REDIS_URL": self.redis_url,
             "ERRAND_REDIS_PREFIX": self.redis_prefix,
+            # Webhooks and callbacks in tests go to receivers on 127.0.0.1.
+            "ERRAND_ALLOW_PRIVATE_URLS": "true",
+            "ERRAND_SIGNING_SECRET": TEST_SIGNING_SECRET,
         }

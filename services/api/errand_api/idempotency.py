@@ -52,6 +52,7 @@ def remember_key(
     session: Session, user_id: uuid.UUID, key: str, body_hash: str, job_id: uuid.UUID
 ) -> None:
     """Add the key row for a new job (the caller commits both together)."""
+    session.flush()  # the job row first: the key row references it
     session.add(IdempotencyKey(user_id=user_id, key=key, request_hash=body_hash, job_id=job_id))
 
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from errand_schema.jwt_auth import JwtConfig
+
 
 class CommonSettings(BaseSettings):
     """Connections and behaviour shared by api, worker and notifier.
@@ -40,12 +42,30 @@ class CommonSettings(BaseSettings):
     log_json: bool = False
     #: True in ``errand dev``: placeholders are allowed.
     dev_mode: bool = False
+    #: JWT bearer tokens: the issuer to accept (unset: API keys only), and its shared
+    #: secret (HS256) or JWKS URL, and the audience to require.
+    jwt_issuer: str | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
     #: Allow webhooks and callbacks to loopback and private addresses (SSRF guard off).
     allow_private_urls: bool = False
     #: Hosts that webhooks and callbacks may always reach (comma-separated).
     allowed_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     _split_hosts = field_validator("allowed_url_hosts", mode="before")(lambda v: split_commas(v))
+
+    def jwt_config(self) -> "JwtConfig | None":
+        """Return the JWT issuer configuration, or ``None`` when JWTs are off."""
+        if not self.jwt_issuer:
+            return None
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else None
+        return JwtConfig(
+            issuer=self.jwt_issuer,
+            secret=secret,
+            jwks_url=self.jwt_jwks_url,
+            audience=self.jwt_audience,
+        )
 
     @field_validator("bootstrap_admin_key", "signing_secret")
     @classmethod

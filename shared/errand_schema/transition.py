@@ -167,6 +167,7 @@ def add_callback_delivery(session: Session, job: Job) -> uuid.UUID:
         step="deliver",
     )
     session.add(JobStep(job_id=delivery.id, index=0, name="deliver"))
-    transition_job(session, delivery, JobStatus.QUEUED, actor="callbacks",
-                   message=f"callback for job {job.id}")
+    transition_job(
+        session, delivery, JobStatus.QUEUED, actor="callbacks", message=f"callback for job {job.id}"
+    )
     return delivery.id

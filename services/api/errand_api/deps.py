@@ -16,8 +16,9 @@ from errand_api.publisher import Publisher
 from errand_api.ratelimit import TokenBucket
 from errand_api.settings import ApiSettings
 from errand_api.submission import SubmissionRules
-from errand_schema.auth import Principal, authenticate
+from errand_schema.auth import Principal
 from errand_schema.events import EventPublisher
+from errand_schema.jwt_auth import JwtVerifier, authenticate_token
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Services:
     limiter: TokenBucket
     rules: SubmissionRules
     settings: ApiSettings
+    jwt: JwtVerifier | None = None
 
 
 class RedisPing:
@@ -70,6 +72,7 @@ _bearer = HTTPBearer(auto_error=False, description="An Errand API key.")
 
 def get_principal(
     session: SessionDep,
+    services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Return the authenticated caller.
@@ -79,9 +82,10 @@ def get_principal(
     """
     if credentials is None:
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
-    principal = authenticate(session, credentials.credentials)
-    if principal is None:
-        raise Unauthorized("The API key is not valid.")
+    found = authenticate_token(session, credentials.credentials, services.jwt)
+    if found is None:
+        raise Unauthorized("The API key or token is not valid.")
+    principal = found[0]
     session.commit()  # last_used_at, when it moved
     return principal
 

@@ -23,6 +23,7 @@ from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
 from errand_schema.db import create_db_engine
 from errand_schema.events import EventPublisher
+from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def create_app(
             allowed_url_hosts=frozenset(settings.allowed_url_hosts),
         ),
         settings=settings,
+        jwt=JwtVerifier(jwt_config) if (jwt_config := settings.jwt_config()) else None,
     )
 
     @asynccontextmanager

@@ -1,5 +1,6 @@
 """The Socket.IO namespace: authenticate on connect, subscribe to jobs with replay."""
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from errand_notifier.store import Store
 from errand_schema.auth import Principal
+from errand_schema.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +52,18 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             socketio.exceptions.ConnectionRefusedError: The token is missing or invalid.
         """
         token = auth.get("token") if isinstance(auth, dict) else None
-        principal = await anyio.to_thread.run_sync(self._store.authenticate, token or "")
-        if principal is None:
+        found = await anyio.to_thread.run_sync(self._store.authenticate, token or "")
+        if found is None:
             raise socketio.exceptions.ConnectionRefusedError(
                 "authentication failed", {"code": 4401}
             )
-        await self.save_session(sid, {"principal": principal})
+        principal, expires_at = found
+        await self.save_session(sid, {"principal": principal, "token": token})
+        if expires_at is not None:
+            delay = max(0.0, (expires_at - utcnow()).total_seconds())
+            asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(self._expire(sid))
+            )
         await self.enter_room(sid, user_room(principal.user_id))
         if principal.is_admin:
             await self.enter_room(sid, ADMIN_ROOM)
@@ -73,7 +81,12 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             req = Subscribe.model_validate(data)
         except ValidationError:
             return {"ok": False, "error": "invalid_request"}
-        principal: Principal = (await self.get_session(sid))["principal"]
+        session = await self.get_session(sid)
+        # Auth again on each subscribe: a key revoked since connecting is refused now.
+        found = await anyio.to_thread.run_sync(self._store.authenticate, session["token"])
+        if found is None:
+            return {"ok": False, "error": "unauthorized"}
+        principal: Principal = found[0]
         room = job_room(req.job_id)
         await self.enter_room(sid, room)
         snap = await anyio.to_thread.run_sync(
@@ -83,6 +96,11 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.leave_room(sid, room)
             return {"ok": False, "error": "not_found"}
         return {"ok": True, "job": snap.job, "missed": snap.missed, "truncated": snap.truncated}
+
+    async def _expire(self, sid: str) -> None:
+        """Tell a client its token expired, then disconnect it."""
+        await self.emit("session_expired", {"reason": "token expired"}, to=sid)
+        await self.disconnect(sid)
 
     async def on_unsubscribe(self, sid: str, data: Any) -> dict[str, Any]:
         """Leave a job's room."""

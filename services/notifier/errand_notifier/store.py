@@ -2,13 +2,15 @@
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from errand_schema.auth import Principal, authenticate, ensure_bootstrap_admin
+from errand_schema.auth import Principal, ensure_bootstrap_admin
 from errand_schema.events import JobEventMessage
+from errand_schema.jwt_auth import JwtVerifier, authenticate_token
 from errand_schema.views import read_events_after, read_job_public
 
 
@@ -25,15 +27,16 @@ class Snapshot:
 class Store:
     """Authentication and job reads for the notifier."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, jwt: JwtVerifier | None = None) -> None:
         self._engine = engine
+        self._jwt = jwt
 
-    def authenticate(self, token: str) -> Principal | None:
-        """Return the caller ``token`` identifies, or ``None``."""
+    def authenticate(self, token: str) -> tuple[Principal, datetime | None] | None:
+        """Return the caller ``token`` identifies (and a JWT's expiry), or ``None``."""
         with Session(self._engine) as session:
-            principal = authenticate(session, token)
+            found = authenticate_token(session, token, self._jwt)
             session.commit()
-            return principal
+            return found
 
     def ensure_bootstrap_admin(self, token: str) -> None:
         """Create the bootstrap admin key if it does not exist."""

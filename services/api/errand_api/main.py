@@ -14,6 +14,7 @@ from sqlmodel import Session
 from errand_api.catalog import Catalog
 from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
+from errand_api.openapi import install_openapi
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
 from errand_api.ratelimit import TokenBucket
@@ -88,6 +89,7 @@ def create_app(
     )
     app.state.services = services
     install_problem_handlers(app)
+    install_openapi(app)
     _install_request_middleware(app, settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router)

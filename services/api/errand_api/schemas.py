@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from errand_schema.queues import Priority
 from errand_schema.retry import RetryPolicy
@@ -14,6 +14,24 @@ from errand_schema.views import JobPublic
 MAX_ATTEMPTS_LIMIT = 25
 #: Longest step timeout a caller may ask for; must stay below RabbitMQ's consumer_timeout.
 MAX_TIMEOUT_S = 1500.0
+
+
+#: Largest age filter, in seconds (ten years): larger ones overflow date arithmetic.
+MAX_AGE_S = 315_360_000.0
+#: Deepest nesting of objects and arrays a payload may have.
+MAX_PAYLOAD_DEPTH = 32
+
+
+def json_depth(value: object) -> int:
+    """Return how deeply ``value`` nests objects and arrays (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class JobCreate(BaseModel):
@@ -49,6 +67,14 @@ class JobCreate(BaseModel):
         max_length=2000,
         description="POSTed with the job, signed, when it finishes (http or https, public).",
     )
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _shallow_enough(cls, value: Any) -> Any:
+        # Checked before anything walks the payload recursively (pydantic, jsonschema).
+        if json_depth(value) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        return value
 
 
 class JobAccepted(BaseModel):
@@ -109,8 +135,12 @@ class DlqSelector(BaseModel):
     error: str | None = Field(
         default=None, max_length=200, description="Text contained in the error."
     )
-    min_age_s: float | None = Field(default=None, ge=0, description="Dead at least this long.")
-    max_age_s: float | None = Field(default=None, ge=0, description="Dead at most this long.")
+    min_age_s: float | None = Field(
+        default=None, ge=0, le=MAX_AGE_S, description="Dead at least this long."
+    )
+    max_age_s: float | None = Field(
+        default=None, ge=0, le=MAX_AGE_S, description="Dead at most this long."
+    )
     all: bool = Field(default=False, description="Required to act on every dead job.")
     limit: int = Field(default=1000, ge=1, le=10_000)
 

@@ -126,7 +126,7 @@ def test_a_revoked_key_is_refused_at_once_and_admin_routes_need_the_admin_role(
 def test_submissions_past_the_rate_limit_get_429_with_retry_after(
     api_client: TestClient, dev_system: DevSystem
 ) -> None:
-    created = api_client.post("/v1/admin/users", json={"name": "slow", "rate_limit_per_s": 0.5})
+    created = api_client.post("/v1/admin/users", json={"name": "slow", "rate_limit_per_s": 0.001})
     slow = {"Authorization": f"Bearer {created.json()['key']}"}
     burst = dev_system.api.state.services.settings.rate_limit_burst
     statuses = [

@@ -117,3 +117,27 @@ def test_oversized_body_is_413(api_client: TestClient, dev_system: DevSystem) ->
     big = {"type": "noop", "payload": {"blob": "x" * 2_000_000}}
     _assert_problem(api_client.post("/v1/jobs", json=big), 413, None)
     assert _job_count(dev_system) == 0
+
+
+@pytest.mark.parametrize("depth", [40, 900, 5000])
+def test_deeply_nested_payloads_get_4xx_and_write_no_row(
+    api_client: TestClient, dev_system: DevSystem, depth: int
+) -> None:
+    body = '{"type": "noop", "payload": ' + '{"a": ' * depth + "1" + "}" * depth + "}"
+    resp = api_client.post(
+        "/v1/jobs", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert _job_count(dev_system) == 0
+
+
+def test_payload_over_the_payload_limit_is_422(
+    api_client: TestClient, dev_system: DevSystem
+) -> None:
+    dev_system.api.state.services.rules = dev_system.api.state.services.rules.__class__(
+        max_payload_bytes=100, allow_private_urls=True, allowed_url_hosts=frozenset()
+    )
+    resp = api_client.post("/v1/jobs", json={"type": "noop", "payload": {"x": "y" * 200}})
+    _assert_problem(resp, 422, "payload")
+    assert _job_count(dev_system) == 0

@@ -13,7 +13,7 @@ from errand_api.dlq import dead_job_filter, prune_dead_letters, select_dead_jobs
 from errand_api.errors import InvalidJob
 from errand_api.lifecycle import requeue_job
 from errand_api.routes.jobs import publish_job
-from errand_api.schemas import DeadJobsPublic, DlqRequeue, DlqResult, DlqSelector
+from errand_api.schemas import MAX_AGE_S, DeadJobsPublic, DlqRequeue, DlqResult, DlqSelector
 from errand_schema.models import Job, JobStep
 from errand_schema.states import JobStatus
 from errand_schema.transition import lock_job
@@ -29,8 +29,12 @@ def list_dead_jobs(
     _admin: AdminDep,
     type: Annotated[str | None, Query(description="Job type.")] = None,
     error: Annotated[str | None, Query(max_length=200, description="Text in the error.")] = None,
-    min_age_s: Annotated[float | None, Query(ge=0, description="Dead at least this long.")] = None,
-    max_age_s: Annotated[float | None, Query(ge=0, description="Dead at most this long.")] = None,
+    min_age_s: Annotated[
+        float | None, Query(ge=0, le=MAX_AGE_S, description="Dead at least this long.")
+    ] = None,
+    max_age_s: Annotated[
+        float | None, Query(ge=0, le=MAX_AGE_S, description="Dead at most this long.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeadJobsPublic:
     """List dead jobs (attempts exhausted), oldest first, filtered by type, error and age."""

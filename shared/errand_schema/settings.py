@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from errand_schema.jwt_auth import JwtConfig
+from errand_schema.masking import DEFAULT_MASKED_FIELDS
 
 
 class CommonSettings(BaseSettings):
@@ -48,12 +49,18 @@ class CommonSettings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_jwks_url: str | None = None
     jwt_audience: str | None = None
+    #: Payload keys masked in listings, Socket.IO snapshots, callbacks and alerts.
+    masked_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_MASKED_FIELDS)
+    )
     #: Allow webhooks and callbacks to loopback and private addresses (SSRF guard off).
     allow_private_urls: bool = False
     #: Hosts that webhooks and callbacks may always reach (comma-separated).
     allowed_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    _split_hosts = field_validator("allowed_url_hosts", mode="before")(lambda v: split_commas(v))
+    _split_hosts = field_validator("allowed_url_hosts", "masked_fields", mode="before")(
+        lambda v: split_commas(v)
+    )
 
     def jwt_config(self) -> "JwtConfig | None":
         """Return the JWT issuer configuration, or ``None`` when JWTs are off."""

@@ -154,7 +154,7 @@ def add_callback_delivery(session: Session, job: Job) -> uuid.UUID:
     """
     assert job.callback_url is not None
     steps = list(session.exec(select(JobStep).where(JobStep.job_id == job.id)).all())
-    view = job_public(job, steps).model_dump(mode="json")
+    view = job_public(job, steps, masked=True).model_dump(mode="json")
     view["seq"] = job.seq + 1  # the final event being written with this delivery
     delivery = Job(
         type=CALLBACK_JOB_TYPE,

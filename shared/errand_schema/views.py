@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
+from errand_schema.masking import mask_payload
 from errand_schema.models import Job, JobEvent, JobStep
 
 
@@ -57,8 +58,15 @@ class JobPublic(BaseModel):
     seq: int
 
 
-def job_public(job: Job, steps: list[JobStep]) -> JobPublic:
-    """Build the public view of ``job`` from its row and its step rows."""
+def job_public(job: Job, steps: list[JobStep], *, masked: bool = False) -> JobPublic:
+    """Build the public view of ``job`` from its row and its step rows.
+
+    Args:
+        job: The job row.
+        steps: Its step rows.
+        masked: Mask sensitive payload fields (listings, Socket.IO, callbacks); only the
+            owner's own ``GET /v1/jobs/{id}`` shows the payload as submitted.
+    """
     return JobPublic(
         id=job.id,
         type=job.type,
@@ -82,7 +90,7 @@ def job_public(job: Job, steps: list[JobStep]) -> JobPublic:
         ],
         attempt=job.attempt,
         max_attempts=job.max_attempts,
-        payload=job.payload,
+        payload=mask_payload(job.payload) if masked else job.payload,
         result=job.result,
         error=job.error,
         created_at=job.created_at,
@@ -92,13 +100,15 @@ def job_public(job: Job, steps: list[JobStep]) -> JobPublic:
     )
 
 
-def read_job_public(session: Session, job_id: uuid.UUID) -> tuple[Job, JobPublic] | None:
+def read_job_public(
+    session: Session, job_id: uuid.UUID, *, masked: bool = False
+) -> tuple[Job, JobPublic] | None:
     """Load a job and its steps; ``None`` if there is no such job."""
     job = session.get(Job, job_id)
     if job is None:
         return None
     steps = list(session.exec(select(JobStep).where(JobStep.job_id == job_id)).all())
-    return job, job_public(job, steps)
+    return job, job_public(job, steps, masked=masked)
 
 
 def read_events_after(

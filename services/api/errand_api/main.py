@@ -26,6 +26,7 @@ from errand_schema.db import create_db_engine
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
+from errand_schema.masking import configure_masking
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def create_app(
         redis: A Redis client (from settings when omitted; ``errand dev`` passes its
             in-process stand-in).
     """
+    configure_masking(settings.masked_fields)
     engine = engine or create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
     redis = redis if redis is not None else Redis.from_url(settings.redis_url)
     broker = broker or build_broker(settings.rabbitmq_url)

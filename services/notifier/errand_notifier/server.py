@@ -14,6 +14,7 @@ from errand_notifier.relay import Relay
 from errand_notifier.settings import NotifierSettings
 from errand_notifier.store import Store
 from errand_schema.jwt_auth import JwtVerifier
+from errand_schema.masking import configure_masking
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
     """Return the Socket.IO server with the jobs namespace registered."""
     origins: Any = "*" if settings.cors_origins == ["*"] else settings.cors_origins
     sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=origins)
+    configure_masking(settings.masked_fields)
     jwt_config = settings.jwt_config()
     verifier = JwtVerifier(jwt_config) if jwt_config else None
     sio.register_namespace(JobsNamespace(Store(engine, verifier), settings.max_replay))

@@ -48,7 +48,7 @@ class Store:
     ) -> Snapshot | None:
         """Return the job and the events after ``last_seq``; ``None`` if not the caller's."""
         with Session(self._engine) as session:
-            found = read_job_public(session, job_id)
+            found = read_job_public(session, job_id, masked=True)
             if found is None:
                 return None
             job, view = found

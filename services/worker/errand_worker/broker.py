@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from errand_schema.events import EventPublisher
+from errand_schema.masking import configure_masking
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
@@ -105,6 +106,7 @@ def setup_worker(
         redis: The Redis client events go to.
         start_reconciler: Run the (leader-elected) reconciler thread in this process.
     """
+    configure_masking(settings.masked_fields)
     registry = build_registry(settings)
     _register(engine, registry)
     watchdog = Watchdog()

@@ -167,3 +167,13 @@ def test_a_callback_to_a_private_address_is_refused_unless_allowed(
 def _count(system: DevSystem) -> int:
     with Session(system.engine) as s:
         return int(s.exec(select(func.count()).select_from(Job)).one())
+
+
+def test_sensitive_payload_fields_are_masked_outside_the_owners_own_read(
+    api_client: TestClient,
+) -> None:
+    payload = {"user": "ann", "password": "hunter2", "nested": [{"Api_Key": "k"}]}
+    job_id = submit(api_client, "noop", payload)
+    assert api_client.get(f"/v1/jobs/{job_id}").json()["payload"] == payload
+    (listed,) = api_client.get("/v1/jobs", params={"q": job_id}).json()["data"]
+    assert listed["payload"] == {"user": "ann", "password": "***", "nested": [{"Api_Key": "***"}]}

@@ -40,7 +40,9 @@ def list_dead_jobs(
     """List dead jobs (attempts exhausted), oldest first, filtered by type, error and age."""
     jobs = select_dead_jobs(session, dead_job_filter(type, error, min_age_s, max_age_s), limit)
     steps = _steps_by_job(session, [j.id for j in jobs])
-    return DeadJobsPublic(data=[job_public(j, steps.get(j.id, [])) for j in jobs], count=len(jobs))
+    return DeadJobsPublic(
+        data=[job_public(j, steps.get(j.id, []), masked=True) for j in jobs], count=len(jobs)
+    )
 
 
 @router.post("/dlq/requeue", response_model=DlqResult)

@@ -147,7 +147,7 @@ def search_jobs(
     )
     jobs, steps, next_cursor = list_jobs(session, where, sort=sort, limit=limit, cursor=cursor)
     return JobsPublic(
-        data=[job_public(j, steps.get(j.id, [])) for j in jobs],
+        data=[job_public(j, steps.get(j.id, []), masked=True) for j in jobs],
         count=len(jobs),
         next_cursor=next_cursor,
     )

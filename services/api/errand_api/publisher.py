@@ -41,11 +41,25 @@ class Publisher:
         return True
 
     def is_reachable(self) -> bool:
-        """Whether the broker answers (for ``/readyz``)."""
+        """Whether the broker answers now (for ``/readyz``).
+
+        Note:
+            ``broker.channel`` alone returns the thread's cached channel without any I/O,
+            so it would report a dead broker as reachable; pumping the connection's
+            events notices a closed socket, and a reconnect then proves the broker is
+            back.
+        """
         if not isinstance(self._broker, RabbitmqBroker):
             return True
         try:
-            self._broker.channel  # noqa: B018  (opens the connection if it is closed)
+            self._broker.connection.process_data_events(time_limit=0)
+            self._broker.channel  # noqa: B018
+            return True
+        except Exception:  # a dead connection: drop it and try a fresh one
+            logger.debug("broker connection is dead; reconnecting", exc_info=True)
+            del self._broker.connection
+        try:
+            self._broker.channel  # noqa: B018  (opens a new connection)
         except Exception:  # readiness probes report, they never raise
             return False
         return True

@@ -129,7 +129,9 @@ def setup_worker(
         watchdog=watchdog,
         broker_delay_max_s=settings.broker_delay_max_s,
     )
-    broker.add_middleware(GracefulShutdown(watchdog, settings.shutdown_grace_s))
+    broker.add_middleware(
+        GracefulShutdown(watchdog, settings.shutdown_grace_s, on_stopping=runtime.stop_reconciler)
+    )
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
     if start_reconciler:

@@ -121,17 +121,23 @@ class Reconciler:
                 or job.lease_expires_at >= utcnow()
             ):
                 return 0
-            if expire_lease(s, events, job, "reconciler"):
-                job.published_at = None
-                events.append(
-                    transition_job(
-                        s,
-                        job,
-                        JobStatus.QUEUED,
-                        actor="reconciler",
-                        message="stalled; handed back to the queue",
-                    )
+            if not expire_lease(s, events, job, "reconciler"):
+                return 1
+            job.published_at = None
+            events.append(
+                transition_job(
+                    s,
+                    job,
+                    JobStatus.QUEUED,
+                    actor="reconciler",
+                    message="stalled; handed back to the queue",
                 )
+            )
+            msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
+            queue, priority = job.queue, job.priority
+        # Publish at once: waiting for publish_waiting's grace would add seconds to every
+        # crash takeover.
+        self._rt.enqueue(msg, queue, priority, None)
         logger.warning("job %s stalled (its worker's lease expired); handed back", job_id)
         return 1
 

@@ -48,6 +48,11 @@ class WorkerRuntime:
             yield session, events
         self.events.publish(events)
 
+    def stop_reconciler(self) -> None:
+        """Stop this process's reconciler (a stopping worker must not lead)."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+
     def close(self) -> None:
         """Stop this process's reconciler, heartbeat and watchdog threads."""
         if self.reconciler is not None:

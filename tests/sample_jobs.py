@@ -74,3 +74,12 @@ def _refuse(ctx: StepContext) -> None:
 
 permanent = job_type("test.permanent", payload=EmptyPayload, max_attempts=5)
 permanent.step("refuse")(_refuse)
+
+
+def _quick(ctx: StepContext) -> dict[str, str]:
+    return {"job": str(ctx.job_id)}
+
+
+#: A one-step job on its own queue ``prio``: workers without ``sample_jobs`` never get it.
+quick = job_type("test.quick", payload=EmptyPayload, queue="prio", max_attempts=1)
+quick.step("only")(_quick)

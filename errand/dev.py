@@ -90,8 +90,9 @@ def build_dev_system(
     server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=server)
     broker = StubBroker(middleware=worker_middleware())
+    options = {"metrics_port": 0, **(worker_options or {})}  # the API serves /metrics
     worker_settings = WorkerSettings(
-        **common, worker_name="dev", job_modules=job_modules or [], **(worker_options or {})
+        **common, worker_name="dev", job_modules=job_modules or [], **options
     )
     runtime = setup_worker(worker_settings, broker, engine, redis)
     api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from errand_schema.models import JobEvent
+from errand_schema.telemetry import inject_context
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class JobEventMessage(BaseModel):
     message: str | None = None
     data: dict[str, Any] | None = None
     at: datetime
+    #: W3C trace context of the span that produced the event (not sent to clients).
+    trace: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: JobEvent, owner: uuid.UUID) -> "JobEventMessage":
@@ -77,7 +80,7 @@ class JobEventMessage(BaseModel):
 
     def to_client(self) -> dict[str, Any]:
         """Return the ``job_event`` payload sent to Socket.IO clients."""
-        return self.model_dump(mode="json", exclude={"schema_version", "kind", "owner"})
+        return self.model_dump(mode="json", exclude={"schema_version", "kind", "owner", "trace"})
 
 
 class StreamWriter(Protocol):
@@ -110,6 +113,9 @@ class EventPublisher:
         batch = list(events)
         if not batch:
             return
+        trace_context = inject_context()
+        if trace_context:
+            batch = [e if e.trace else e.model_copy(update={"trace": trace_context}) for e in batch]
         try:
             pipe = self._redis.pipeline(transaction=False)
             for event in batch:

@@ -5,6 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+#: The Dramatiq message option that carries the W3C trace context (``traceparent``).
+TRACE_OPTION = "trace_context"
+
 
 class RunJobStep(BaseModel):
     """Wake-up call: run step ``step_index`` of job ``job_id`` as attempt ``attempt``.

@@ -167,6 +167,10 @@ class Job(SQLModel, table=True):
     cancel_requested_at: datetime | None = _ts()
     #: POSTed (signed) with the job when it reaches a final status.
     callback_url: str | None = Field(default=None, max_length=2000)
+    #: The trace of the request that submitted the job (hex), for links to Grafana.
+    trace_id: str | None = Field(default=None, max_length=32)
+    #: W3C trace context of that request: every attempt's span continues it.
+    trace_context: dict[str, str] | None = Field(default=None, sa_type=JsonType)
 
 
 class JobStep(SQLModel, table=True):

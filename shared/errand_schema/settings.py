@@ -49,6 +49,14 @@ class CommonSettings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_jwks_url: str | None = None
     jwt_audience: str | None = None
+    #: Standard OpenTelemetry variables (their own names, not ERRAND_*): tracing is on
+    #: only when an OTLP endpoint is set.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_protocol: str = Field(
+        default="http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
     #: Payload keys masked in listings, Socket.IO snapshots, callbacks and alerts.
     masked_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_MASKED_FIELDS)

@@ -56,6 +56,8 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     seq: int
+    #: The trace of the request that submitted the job (open it in Grafana/Tempo).
+    trace_id: str | None = None
 
 
 def job_public(job: Job, steps: list[JobStep], *, masked: bool = False) -> JobPublic:
@@ -97,6 +99,7 @@ def job_public(job: Job, steps: list[JobStep], *, masked: bool = False) -> JobPu
         started_at=job.started_at,
         finished_at=job.finished_at,
         seq=job.seq,
+        trace_id=job.trace_id,
     )
 
 

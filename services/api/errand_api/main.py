@@ -1,16 +1,20 @@
 """The FastAPI application: ``create_app(settings)``."""
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import dramatiq
 from fastapi import FastAPI, Request, Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis import Redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from errand_api import metrics
 from errand_api.catalog import Catalog
 from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
@@ -19,6 +23,7 @@ from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
 from errand_api.ratelimit import TokenBucket
 from errand_api.routes import admin, health, job_actions, jobs, keys, stats
+from errand_api.routes import metrics as metrics_route
 from errand_api.settings import ApiSettings, get_settings
 from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
@@ -27,6 +32,7 @@ from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
 from errand_schema.masking import configure_masking
+from errand_schema.telemetry import configure_tracing, instrument_clients
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ def create_app(
     engine: Engine | None = None,
     broker: dramatiq.Broker | None = None,
     redis: Redis | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """Build the API application.
 
@@ -90,10 +97,20 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    if configure_tracing(
+        "errand-api",
+        endpoint=settings.otel_exporter_otlp_endpoint,
+        protocol=settings.otel_exporter_otlp_protocol,
+        exporter=span_exporter,
+    ):
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        instrument_clients(engine)
     install_problem_handlers(app)
     install_openapi(app)
     _install_request_middleware(app, settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
+    metrics.register_queue_collector(engine)
     app.include_router(jobs.router)
     app.include_router(job_actions.router)
     app.include_router(stats.router)
@@ -114,10 +131,15 @@ def _install_request_middleware(app: FastAPI, max_body_bytes: int) -> None:
             err = PayloadTooLarge(f"The body is larger than {max_body_bytes} bytes.")
             return problem(request, err.status_code, err.code, err.title, err.detail)
         token = log_context.set({"request_id": request_id})
+        started = time.perf_counter()
         try:
             response = await call_next(request)
         finally:
             log_context.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+        metrics.HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
         response.headers["X-Request-ID"] = request_id
         return response
 

@@ -4,9 +4,11 @@ import logging
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from opentelemetry.trace import SpanKind
 
-from errand_schema.messages import RunJobStep
+from errand_schema.messages import TRACE_OPTION, RunJobStep
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
+from errand_schema.telemetry import inject_context, tracer
 
 logger = logging.getLogger(__name__)
 
@@ -24,20 +26,31 @@ class Publisher:
             A failure is not an error for the caller: the job row is committed with
             ``published_at`` NULL and the reconciler publishes it later.
         """
-        message: dramatiq.Message[None] = dramatiq.Message(
-            queue_name=queue,
-            actor_name=step_actor_name(queue),
-            args=(msg.model_dump(mode="json"),),
-            kwargs={},
-            options={"broker_priority": BROKER_PRIORITY[Priority(priority)]},
-        )
-        try:
-            self._broker.enqueue(message)
-        except Exception:  # any broker failure: the row is safe, publish later
-            logger.warning(
-                "could not publish job %s; it waits for the reconciler", msg.job_id, exc_info=True
+        with tracer().start_as_current_span(
+            "errand.enqueue",
+            kind=SpanKind.PRODUCER,
+            attributes={"errand.job.id": str(msg.job_id), "messaging.destination.name": queue},
+        ) as span:
+            message: dramatiq.Message[None] = dramatiq.Message(
+                queue_name=queue,
+                actor_name=step_actor_name(queue),
+                args=(msg.model_dump(mode="json"),),
+                kwargs={},
+                options={
+                    "broker_priority": BROKER_PRIORITY[Priority(priority)],
+                    TRACE_OPTION: inject_context(),
+                },
             )
-            return False
+            try:
+                self._broker.enqueue(message)
+            except Exception:  # any broker failure: the row is safe, publish later
+                logger.warning(
+                    "could not publish job %s; it waits for the reconciler",
+                    msg.job_id,
+                    exc_info=True,
+                )
+                span.set_attribute("errand.published", False)
+                return False
         return True
 
     def is_reachable(self) -> bool:

@@ -14,6 +14,7 @@ from errand_schema.models import Job, JobStep
 from errand_schema.netpolicy import UrlRefused, check_url
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
+from errand_schema.telemetry import current_trace_id, inject_context
 from errand_schema.transition import transition_job
 
 
@@ -85,6 +86,8 @@ def create_job(
         retry=body.retry.model_dump() if body.retry else None,
         timeout_s=body.timeout_s,
         callback_url=body.callback_url,
+        trace_id=current_trace_id(),
+        trace_context=inject_context() or None,
     )
     steps = [
         JobStep(job_id=job.id, index=i, name=str(s["name"]), timeout_s=s.get("timeout_s"))

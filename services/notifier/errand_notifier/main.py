@@ -5,11 +5,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from errand_notifier.server import create_server, run_relay
@@ -45,8 +46,16 @@ def create_app(
         async with run_relay(sio, redis, settings):
             yield
 
+    async def metrics_endpoint(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     health = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ],
+        lifespan=lifespan,
     )
     return socketio.ASGIApp(sio, other_asgi_app=health)
 

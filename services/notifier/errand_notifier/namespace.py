@@ -9,6 +9,7 @@ import anyio.to_thread
 import socketio
 from pydantic import BaseModel, ValidationError
 
+from errand_notifier import metrics
 from errand_notifier.store import Store
 from errand_schema.auth import Principal
 from errand_schema.models import utcnow
@@ -59,6 +60,7 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             )
         principal, expires_at = found
         await self.save_session(sid, {"principal": principal, "token": token})
+        metrics.CONNECTIONS.inc()
         if expires_at is not None:
             delay = max(0.0, (expires_at - utcnow()).total_seconds())
             asyncio.get_running_loop().call_later(
@@ -96,6 +98,12 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.leave_room(sid, room)
             return {"ok": False, "error": "not_found"}
         return {"ok": True, "job": snap.job, "missed": snap.missed, "truncated": snap.truncated}
+
+    async def on_disconnect(self, sid: str, *args: Any) -> None:
+        """Count the connection out (only authenticated ones were counted in)."""
+        session = await self.get_session(sid)
+        if session.get("principal") is not None:
+            metrics.CONNECTIONS.dec()
 
     async def _expire(self, sid: str) -> None:
         """Tell a client its token expired, then disconnect it."""

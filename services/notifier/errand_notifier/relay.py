@@ -2,13 +2,17 @@
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import socketio
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from errand_notifier import metrics
 from errand_notifier.namespace import ADMIN_ROOM, job_room, user_room
 from errand_schema.events import parse_stream_entry, stream_key
+from errand_schema.telemetry import extract_context, tracer
 
 logger = logging.getLogger(__name__)
 
@@ -70,5 +74,17 @@ class Relay:
             logger.warning("dropping an invalid event from the stream", exc_info=True)
             return
         rooms = [job_room(event.job_id), user_room(event.owner), ADMIN_ROOM]
-        await self._sio.emit("job_event", event.to_client(), to=rooms)
+        started = time.perf_counter()
+        with tracer().start_as_current_span(
+            "errand.notify",
+            context=extract_context(event.trace),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "errand.job.id": str(event.job_id),
+                "errand.event.type": event.type,
+                "errand.event.seq": event.seq,
+            },
+        ):
+            await self._sio.emit("job_event", event.to_client(), to=rooms)
         self.relayed += 1
+        metrics.record_relay(event.type, time.perf_counter() - started, event.at)

@@ -9,12 +9,14 @@ from typing import Any
 import socketio
 from sqlalchemy import Engine
 
+from errand_notifier.metrics import register_room_collector
 from errand_notifier.namespace import JobsNamespace
 from errand_notifier.relay import Relay
 from errand_notifier.settings import NotifierSettings
 from errand_notifier.store import Store
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.masking import configure_masking
+from errand_schema.telemetry import configure_tracing, instrument_clients
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,13 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
     jwt_config = settings.jwt_config()
     verifier = JwtVerifier(jwt_config) if jwt_config else None
     sio.register_namespace(JobsNamespace(Store(engine, verifier), settings.max_replay))
+    register_room_collector(sio)
+    if configure_tracing(
+        "errand-notifier",
+        endpoint=settings.otel_exporter_otlp_endpoint,
+        protocol=settings.otel_exporter_otlp_protocol,
+    ):
+        instrument_clients(engine)
     return sio
 
 

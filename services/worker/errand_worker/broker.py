@@ -5,6 +5,8 @@ import logging
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import CurrentMessage, Retries
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis import Redis
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
@@ -15,10 +17,13 @@ from errand_schema.masking import configure_masking
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
+from errand_schema.telemetry import configure_tracing, instrument_clients
 from errand_worker.actors.steps import declare_step_actors
 from errand_worker.jobtypes import builtin_job_types
 from errand_worker.lease import LeaseKeeper
+from errand_worker.metrics import serve_metrics
 from errand_worker.middleware.graceful_shutdown import GracefulShutdown
+from errand_worker.middleware.trace_context import TraceContext
 from errand_worker.reconciler import Reconciler
 from errand_worker.registry import Registry, default_registry, load_job_modules, register_job_types
 from errand_worker.runtime import Enqueue, WorkerRuntime
@@ -35,7 +40,7 @@ def worker_middleware() -> list[dramatiq.Middleware]:
     :class:`~errand_worker.watchdog.Watchdog`, which also works in an in-process
     worker (``errand dev``), where ``TimeLimit`` never starts.
     """
-    return [CurrentMessage(), Retries()]
+    return [TraceContext(), CurrentMessage(), Retries()]
 
 
 def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
@@ -96,6 +101,7 @@ def setup_worker(
     redis: Redis,
     *,
     start_reconciler: bool = True,
+    span_exporter: SpanExporter | None = None,
 ) -> WorkerRuntime:
     """Register job types, declare the actors on ``broker`` and start the supervisors.
 
@@ -107,6 +113,14 @@ def setup_worker(
         start_reconciler: Run the (leader-elected) reconciler thread in this process.
     """
     configure_masking(settings.masked_fields)
+    if configure_tracing(
+        "errand-worker",
+        endpoint=settings.otel_exporter_otlp_endpoint,
+        protocol=settings.otel_exporter_otlp_protocol,
+        exporter=span_exporter,
+    ):
+        instrument_clients(engine)
+        HTTPXClientInstrumentor().instrument()
     registry = build_registry(settings)
     _register(engine, registry)
     watchdog = Watchdog()
@@ -134,6 +148,8 @@ def setup_worker(
     )
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.prometheus_multiproc_dir)
     if start_reconciler:
         runtime.reconciler = Reconciler(
             runtime, settings.reconcile_interval_s, settings.retention_days

@@ -43,6 +43,8 @@ class Claim:
     priority: str
     timeout_s: float
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: The submitting request's trace context (the parent of every attempt's span).
+    trace_context: dict[str, str] | None = None
 
     @property
     def step(self) -> StepSpec:
@@ -167,6 +169,7 @@ def _start(
         priority=job.priority,
         timeout_s=step.timeout_s or job.timeout_s or spec.timeout_s or rt.default_step_timeout_s,
         outputs={r.name: r.output for r in rows[: job.step_index]},
+        trace_context=job.trace_context,
     )
 
 

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 from dramatiq.threading import Interrupt
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from errand_schema.logging import log_context
 from errand_schema.messages import RunJobStep
+from errand_schema.telemetry import extract_context, tracer
+from errand_worker import metrics
 from errand_worker.context import StepContext
 from errand_worker.errors import (
     CancelInterrupt,
@@ -43,14 +47,47 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
             {"job_id": str(msg.job_id), "step": claim.step.name, "attempt": str(claim.attempt)}
         )
         rt.leases.hold(claim.job_id)
+        labels = (claim.spec.name, claim.queue)
+        metrics.JOBS_STARTED.labels(*labels).inc()
+        running = metrics.STEPS_RUNNING.labels(claim.queue)
+        running.inc()
+        started = time.perf_counter()
         try:
-            outcome = _run_claimed(rt, claim)
+            with _attempt_span(claim) as span:
+                outcome = _run_claimed(rt, claim)
+                span.set_attribute("errand.outcome", outcome.kind)
         finally:
+            running.dec()
             rt.leases.release(claim.job_id)
+        metrics.STEP_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        if outcome.kind in metrics.OUTCOME_COUNTERS:
+            metrics.OUTCOME_COUNTERS[outcome.kind].labels(*labels).inc()
         _send_next(rt, outcome)
         return outcome
     finally:
         log_context.reset(token)
+
+
+def _attempt_span(claim: Claim) -> Any:
+    """The span of one attempt at one step: a child of the message's context, or of the
+    submitting request's (a message published by the reconciler carries none)."""
+    parent = None
+    if not trace.get_current_span().get_span_context().is_valid:
+        parent = extract_context(claim.trace_context)
+    return tracer().start_as_current_span(
+        f"errand.step {claim.spec.name}/{claim.step.name}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "errand.job.id": str(claim.job_id),
+            "errand.job.type": claim.spec.name,
+            "errand.step": claim.step.name,
+            "errand.step.index": claim.step_index,
+            "errand.attempt": claim.attempt,
+            "errand.run": claim.run,
+            "messaging.destination.name": claim.queue,
+        },
+    )
 
 
 def _send_next(rt: WorkerRuntime, outcome: Outcome) -> None:

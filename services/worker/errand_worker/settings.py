@@ -2,6 +2,7 @@
 
 import os
 import socket
+import tempfile
 from functools import lru_cache
 from typing import Annotated
 
@@ -49,6 +50,12 @@ class WorkerSettings(CommonSettings):
     default_step_timeout_s: float = 600.0
     #: Name in leases and attempts; host:pid unless set.
     worker_name: str = Field(default_factory=_default_worker_name)
+    #: Port of the worker's Prometheus metrics (0: none).
+    metrics_port: int = 9191
+    #: Where worker processes share their metrics (``errand worker`` sets it).
+    prometheus_multiproc_dir: str | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
     #: Timeout of one ``webhook.deliver`` request.
     webhook_timeout_s: float = 10.0
 
@@ -69,4 +76,6 @@ def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
     """
     env = dict(os.environ)
     env["dramatiq_queue_prefetch"] = str(max(1, settings.threads * settings.prefetch_per_thread))
+    # Worker processes add up their metrics in a fresh folder of this run.
+    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="errand-metrics-")
     return env

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from errand_api import metrics
 from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, JobNotFound, RateLimited
 from errand_api.idempotency import find_job_for_key, remember_key, request_hash
@@ -72,6 +73,7 @@ def submit_job(
         return _existing(session, response, existing)
     services.events.publish([event])
     publish_job(services, session, job)
+    metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) queued", job.id, job.type)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(job, steps)
@@ -112,6 +114,7 @@ def submit_batch(
     services.events.publish([event for _, _, event in created])
     for job, _, _ in created:
         publish_job(services, session, job)
+        metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     return JobsPublic(
         data=[job_public(job, steps) for job, steps, _ in created], count=len(created)
     )
@@ -196,6 +199,7 @@ def _take_tokens(
     burst = max(services.settings.rate_limit_burst, cost)
     decision = services.limiter.take(str(principal.user_id), rate, burst, cost)
     if not decision.allowed:
+        metrics.RATE_LIMITED.inc()
         raise RateLimited(
             f"Too many submissions; retry in {decision.retry_after_s:.1f} s.", decision.headers()
         )

@@ -1,5 +1,6 @@
 """One ``run_job_step__<queue>`` actor per queue; each runs one step per message."""
 
+import time
 from typing import Any
 
 import dramatiq
@@ -8,6 +9,7 @@ from dramatiq.middleware import CurrentMessage
 
 from errand_schema.messages import RunJobStep
 from errand_schema.queues import step_actor_name
+from errand_worker import metrics
 from errand_worker.ledger import Refusal
 from errand_worker.runner import run_job_step
 from errand_worker.runtime import WorkerRuntime
@@ -29,12 +31,14 @@ def declare_step_actors(
     """
 
     def run_step(message: dict[str, Any]) -> None:
+        current = CurrentMessage.get_current_message()
+        if current is not None:
+            wait_s = max(0.0, time.time() - current.message_timestamp / 1000)
+            metrics.QUEUE_WAIT_SECONDS.labels(current.queue_name).observe(wait_s)
         outcome = run_job_step(rt, RunJobStep.model_validate(message))
         dead = outcome.dead_letter if isinstance(outcome, Refusal) else outcome.kind == "dead"
-        if dead:
-            current = CurrentMessage.get_current_message()
-            if isinstance(current, MessageProxy):
-                current.fail()
+        if dead and isinstance(current, MessageProxy):
+            current.fail()
 
     return [
         dramatiq.actor(

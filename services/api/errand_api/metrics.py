@@ -1,0 +1,101 @@
+"""Prometheus metrics of the API, and queue gauges read from PostgreSQL at scrape time."""
+
+import threading
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from errand_schema.models import Job, utcnow
+from errand_schema.states import JobStatus
+
+HTTP_REQUESTS = Counter(
+    "errand_http_requests_total", "HTTP requests", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "errand_http_request_duration_seconds",
+    "HTTP request duration",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+JOBS_SUBMITTED = Counter("errand_jobs_submitted_total", "Jobs accepted", ["type", "queue"])
+RATE_LIMITED = Counter("errand_rate_limited_total", "Submissions refused by the rate limit")
+
+#: Scrapes within this many seconds reuse the last database read.
+CACHE_S = 2.0
+
+
+class QueueCollector(Collector):
+    """Queue depth, running, retrying and dead jobs, and the oldest queued job's age."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Any]] = (0.0, [])
+
+    def use(self, engine: Engine) -> None:
+        """Read through another engine from now on."""
+        with self._lock:
+            self._engine = engine
+            self._cached = (0.0, [])
+
+    def collect(self) -> Any:
+        """Yield the gauges (read at most every :data:`CACHE_S`)."""
+        with self._lock:
+            at, families = self._cached
+            if time.monotonic() - at > CACHE_S:
+                families = self._read()
+                self._cached = (time.monotonic(), families)
+        yield from families
+
+    def _read(self) -> list[Any]:
+        depth = GaugeMetricFamily(
+            "errand_queue_depth", "Jobs queued (waiting to run)", labels=["queue"]
+        )
+        running = GaugeMetricFamily("errand_jobs_running", "Jobs running", labels=["queue"])
+        retrying = GaugeMetricFamily(
+            "errand_jobs_retrying", "Jobs waiting for a retry", labels=["queue"]
+        )
+        dead = GaugeMetricFamily("errand_dlq_depth", "Dead jobs in the DLQ", labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "errand_queue_oldest_age_seconds", "Age of the oldest queued job", labels=["queue"]
+        )
+        gauges = {
+            JobStatus.QUEUED: depth,
+            JobStatus.RUNNING: running,
+            JobStatus.RETRYING: retrying,
+            JobStatus.DEAD: dead,
+        }
+        try:
+            with Session(self._engine) as session:
+                rows = session.exec(
+                    select(Job.queue, Job.status, func.count(), func.min(Job.created_at))
+                    .where(col(Job.status).in_(list(gauges)))
+                    .group_by(col(Job.queue), col(Job.status))
+                ).all()
+        except Exception:  # a scrape must not fail because the database blinked
+            return []
+        now = utcnow()
+        for queue, status, count, first in rows:
+            gauges[JobStatus(status)].add_metric([queue], float(count))
+            if status == JobStatus.QUEUED and first is not None:
+                oldest.add_metric([queue], max(0.0, (now - first).total_seconds()))
+        return [depth, running, retrying, dead, oldest]
+
+
+_collector: QueueCollector | None = None
+
+
+def register_queue_collector(engine: Engine) -> None:
+    """Expose the queue gauges read through ``engine`` (one collector per process; a
+    later app in the same process, as in tests, takes it over)."""
+    global _collector
+    if _collector is None:
+        _collector = QueueCollector(engine)
+        REGISTRY.register(_collector)
+    else:
+        _collector.use(engine)

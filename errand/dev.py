@@ -18,6 +18,7 @@ import socketio
 import uvicorn
 from dramatiq.brokers.stub import StubBroker
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -68,6 +69,7 @@ def build_dev_system(
     api_key: str | None = None,
     job_modules: list[str] | None = None,
     worker_options: dict[str, Any] | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> DevSystem:
     """Create the database, broker, worker threads and the combined ASGI app.
 
@@ -94,8 +96,14 @@ def build_dev_system(
     worker_settings = WorkerSettings(
         **common, worker_name="dev", job_modules=job_modules or [], **options
     )
-    runtime = setup_worker(worker_settings, broker, engine, redis)
-    api = create_api(ApiSettings(**common), engine=engine, broker=broker, redis=redis)
+    runtime = setup_worker(worker_settings, broker, engine, redis, span_exporter=span_exporter)
+    api = create_api(
+        ApiSettings(**common),
+        engine=engine,
+        broker=broker,
+        redis=redis,
+        span_exporter=span_exporter,
+    )
     notifier_settings = NotifierSettings(**common)
     sio = create_server(notifier_settings, engine)
     async_redis = fakeredis.FakeAsyncRedis(server=server)

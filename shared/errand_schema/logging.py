@@ -11,6 +11,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 #: Key/value context added to each log record of the current task or thread.
 log_context: ContextVar[dict[str, str] | None] = ContextVar("errand_log_context", default=None)
 
@@ -19,8 +21,13 @@ class ContextFilter(logging.Filter):
     """Copy :data:`log_context` onto each record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Attach the context and let the record through."""
-        record.ctx = log_context.get() or {}
+        """Attach the context (and the current trace and span ids) and let it through."""
+        ctx = dict(log_context.get() or {})
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            ctx["trace_id"] = format(span.trace_id, "032x")
+            ctx["span_id"] = format(span.span_id, "016x")
+        record.ctx = ctx
         return True
 
 

@@ -28,6 +28,7 @@ class RunningSystem:
     engine: Engine
     env: dict[str, str]
     processes: dict[str, ServiceProcess]
+    worker_metrics_url: str
 
     def make_user(self, name: str, *, admin: bool = False) -> str:
         """Create a user; return its API key."""
@@ -65,13 +66,20 @@ def system(
     infra: Infra, db_engine: Engine, start_service: Callable[..., ServiceProcess]
 ) -> RunningSystem:
     """``errand api``, ``errand worker`` and ``errand notifier`` as separate processes."""
-    api_port, notifier_port = free_port(), free_port()
+    api_port, notifier_port, metrics_port = free_port(), free_port(), free_port()
     common = {
         "ERRAND_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
         "ERRAND_LOG_JSON": "true",
         "ERRAND_LEASE_S": "3",
     }
-    worker = start_service("worker", ["worker"], ERRAND_PROCESSES="1", ERRAND_THREADS="4", **common)
+    worker = start_service(
+        "worker",
+        ["worker"],
+        ERRAND_PROCESSES="2",
+        ERRAND_THREADS="4",
+        ERRAND_METRICS_PORT=str(metrics_port),
+        **common,
+    )
     api = start_service("api", ["api"], ERRAND_PORT=str(api_port), **common)
     notifier = start_service("notifier", ["notifier"], ERRAND_PORT=str(notifier_port), **common)
     api_url, notifier_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{notifier_port}"
@@ -94,4 +102,5 @@ def system(
         db_engine,
         {**infra.env(), **common},
         {"api": api, "worker": worker, "notifier": notifier},
+        f"http://127.0.0.1:{metrics_port}",
     )

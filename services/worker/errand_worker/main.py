@@ -22,8 +22,9 @@ def run() -> None:
     args = [
         sys.executable,
         "-m",
-        "dramatiq",
+        "errand_worker.supervisor",
         "errand_worker.boot",
+        "--skip-logging",
         "--processes",
         str(settings.processes),
         "--threads",

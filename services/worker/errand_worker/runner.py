@@ -56,13 +56,14 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
             with _attempt_span(claim) as span:
                 outcome = _run_claimed(rt, claim)
                 span.set_attribute("errand.outcome", outcome.kind)
+                # Inside the span: the next step's message carries this attempt's context.
+                _send_next(rt, outcome)
         finally:
             running.dec()
             rt.leases.release(claim.job_id)
         metrics.STEP_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         if outcome.kind in metrics.OUTCOME_COUNTERS:
             metrics.OUTCOME_COUNTERS[outcome.kind].labels(*labels).inc()
-        _send_next(rt, outcome)
         return outcome
     finally:
         log_context.reset(token)

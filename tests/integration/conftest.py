@@ -8,10 +8,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from errand_schema.auth import create_user
-from errand_schema.db import create_db_engine
 from errand_schema.models import JobType
 
 from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
+from resources import engine_on, service_starter
 
 pytestmark = pytest.mark.integration
 
@@ -41,24 +41,15 @@ class RunningSystem:
 @pytest.fixture(scope="session")
 def db_engine(infra: Infra) -> Iterator[Engine]:
     """An engine on this run's database."""
-    engine = create_db_engine(infra.database_url, pool_size=5)
-    yield engine
-    engine.dispose()
+    with engine_on(infra) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")
 def start_service(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start ``errand <command>`` with this run's env; all stopped at the end."""
-    started: list[ServiceProcess] = []
-
-    def start(name: str, command: list[str], **env: str) -> ServiceProcess:
-        proc = ServiceProcess(name, command, {**infra.env(), **env})
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in reversed(started):
-        proc.stop()
+    with service_starter(infra) as start:
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,113 @@
+"""Test resources on the real services: per-run databases, vhosts and key prefixes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from errand_schema.db import create_db_engine
+
+from helpers import Infra, ServiceProcess
+
+PG_ADMIN_DSN = os.environ.get("ERRAND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBIT_HOST = os.environ.get("ERRAND_TEST_RABBIT_HOST", "127.0.0.1")
+REDIS_URL = os.environ.get("ERRAND_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (CI) when a service is unreachable."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}; run `make services`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def rabbitmqctl(*args: str) -> None:
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        pytest.fail("rabbitmqctl is needed to make a per-run RabbitMQ vhost")
+    subprocess.run([tool, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def isolated_infra(tag: str) -> Iterator[Infra]:
+    """A fresh database (migrated), RabbitMQ vhost and Redis prefix; removed afterwards.
+
+    Services of one set cannot see another's jobs: the reconciler of one system would
+    otherwise publish another's jobs to its own workers.
+    """
+    from errand_schema.migrate import upgrade_database
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    require_service("RabbitMQ", RABBIT_HOST, 5672)
+    require_service("Redis", "127.0.0.1", 6379)
+    name = f"errand_test_{RUN_ID}_{tag}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    database_url = f"{base}/{name}"
+    upgrade_database(database_url)
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    prefix = f"errand_test:{RUN_ID}:{tag}:"
+    try:
+        yield Infra(
+            database_url, f"amqp://guest:guest@{RABBIT_HOST}:5672/{name}", REDIS_URL, prefix, name
+        )
+    finally:
+        rabbitmqctl("delete_vhost", name)
+        delete_redis_keys(prefix)
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_redis_keys(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@contextmanager
+def engine_on(infra: Infra) -> Iterator[Engine]:
+    """An engine on ``infra``'s database."""
+    engine = create_db_engine(infra.database_url, pool_size=5)
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def service_starter(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start ``errand <command>`` on ``infra``; all stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, command: list[str], **env: str) -> ServiceProcess:
+        proc = ServiceProcess(name, command, {**infra.env(), **env})
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in reversed(started):
+            proc.stop()

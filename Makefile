@@ -37,3 +37,41 @@ format: install  ## Format the code
 
 clean:  ## Remove the dev database and caches
 	rm -rf .errand .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+
+# Benchmarks (bench/README.md): each target makes its own database, vhost and Redis
+# prefix, starts and stops its own processes, prints a table and writes bench/results/.
+BENCH = $(UV) run --group bench python -m bench
+BENCH_ARGS ?=
+SOAK_MINUTES ?= 30
+.PHONY: bench-install bench-enqueue bench-drain bench-multistep bench-latency bench-notifier \
+        bench-memory bench-recovery soak
+
+bench-install:
+	$(UV) sync --locked --group bench
+
+bench: bench-install services  ## Every benchmark scenario (about 13 min on 2 cores)
+	$(BENCH) all $(BENCH_ARGS)
+
+bench-enqueue: bench-install services  ## POST /v1/jobs vs a naive FastAPI app
+	$(BENCH) enqueue $(BENCH_ARGS)
+
+bench-drain: bench-install services  ## 20,000 noop jobs, 2x8 workers, vs Dramatiq and Celery
+	$(BENCH) drain $(BENCH_ARGS)
+
+bench-multistep: bench-install services  ## 2,000 four-step jobs: rate and step-to-step gap
+	$(BENCH) multistep $(BENCH_ARGS)
+
+bench-latency: bench-install services  ## submit->started and event->client at 50 jobs/s
+	$(BENCH) latency $(BENCH_ARGS)
+
+bench-notifier: bench-install services  ## 1k/5k/10k Socket.IO clients; 2,000-admin fan-out
+	$(BENCH) notifier $(BENCH_ARGS)
+
+bench-memory: bench-install services  ## RSS of api, worker, notifier: idle and after load
+	$(BENCH) memory $(BENCH_ARGS)
+
+bench-recovery: bench-install services  ## kill -9 mid-step; broker cut through a TCP proxy
+	$(BENCH) recovery $(BENCH_ARGS)
+
+soak: bench-install services  ## Mixed jobs at 100/s for SOAK_MINUTES (30); not in `make bench`
+	$(BENCH) soak --minutes $(SOAK_MINUTES) $(BENCH_ARGS)

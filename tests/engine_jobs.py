@@ -38,7 +38,7 @@ blocking = job_type("test.blocking", payload=SleepPayload, max_attempts=1, timeo
 blocking.step("block")(_block)
 
 isolated = job_type(
-    "test.isolated", payload=SleepPayload, max_attempts=1, timeout_s=4.0, isolation="process"
+    "test.isolated", payload=SleepPayload, max_attempts=1, timeout_s=8.0, isolation="process"
 )
 isolated.step("block")(_block)
 

@@ -57,8 +57,8 @@ def test_an_isolated_step_stuck_in_c_is_killed_with_its_process_at_the_deadline(
     job_id = submit(running, "test.isolated", {"seconds": 60, "marker_dir": str(tmp_path)})
     job = wait_status(running, job_id, timeout_s=30)
     assert job["error"]["reason"] == "timeout"
-    # (its timeout is 4 s: a spawned interpreter needs a moment to start)
-    assert _attempt_seconds(dev_system, job_id) <= 4.0 + DEADLINE_SLACK_S
+    # (its timeout is 8 s: a spawned interpreter needs a moment to start on a busy machine)
+    assert _attempt_seconds(dev_system, job_id) <= 8.0 + DEADLINE_SLACK_S
     pid = int((tmp_path / job_id).read_text().split("pid:")[1].split()[0])
     assert pid != os.getpid()
 
@@ -97,7 +97,7 @@ def test_cancelling_a_running_job_stops_it_at_the_next_check_and_runs_the_hook(
         running, "test.slow", {"ticks": 200, "tick_s": 0.02, "marker_dir": str(tmp_path)}
     )
     wait_for(
-        lambda: get(running, job_id)["steps"][1]["status"] == "running", 10, what="step 2 to run"
+        lambda: get(running, job_id)["steps"][1]["status"] == "running", 30, what="step 2 to run"
     )
     assert running.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     job = wait_status(running, job_id)

@@ -1,0 +1,1 @@
+"""Errand's benchmark suite: ``python -m bench`` (see bench/README.md)."""

@@ -1,4 +1,4 @@
-"""A TCP proxy that can cut a service off and bring it back (copied from tests/tcp_proxy.py).
+"""A TCP proxy that can cut a service off and bring it back (benchmarks and tests).
 
 ``TcpProxy`` listens on 127.0.0.1 on a free port and forwards every connection to a
 target (RabbitMQ on 127.0.0.1:5672 by default). :meth:`TcpProxy.cut` closes every open

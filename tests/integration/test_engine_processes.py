@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from bench.tcp_proxy import TcpProxy
 from errand.client import ErrandClient
 from errand_schema.auth import create_user
 from errand_schema.models import Job, JobAttempt, JobEvent, JobType
 
 from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
 from resources import engine_on, isolated_infra, service_starter
-from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,19 @@ down (:class:`WorkerShutdown`). A step stuck in one blocking C call cannot be
 interrupted by a thread; after :data:`STUCK_GRACE_S` its ``on_stuck`` callback runs in
 the supervisor thread instead, so the attempt is recorded at the deadline anyway and
 its late result is discarded by fencing.
+
+Under a tracer (coverage, a debugger) CPython 3.11 has a trap: while an asynchronous
+exception is pending for a thread blocked in C, every other traced thread spins at its
+next function entry (``DO_TRACING`` re-checks the eval breaker at ``RESUME`` forever)
+until the blocked thread returns. The whole process would freeze, this supervisor too.
+So while a tracer is active, a thread whose frame has not moved since the last tick
+counts as blocked in C: its interrupt is deferred until it runs Python again, and it is
+recorded as stuck at the deadline as usual.
 """
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -37,6 +46,10 @@ class _Watch:
     fired: type[Interrupt] | None = None
     fired_at: float = 0.0
     stuck_reported: bool = False
+    #: The interrupt was decided but not raised yet (the thread was blocked in C).
+    deferred: bool = False
+    #: Where the thread was at the last tick: (frame id, last instruction).
+    position: tuple[int, int] | None = None
     #: For ``async`` steps: the loop and task to cancel instead of raising in the thread
     #: (a thread waiting in the event loop's selector would not see the interrupt).
     task: "tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None" = None
@@ -84,10 +97,11 @@ class Watchdog:
         """
         with self._lock:
             watch = self._watches.pop(token, None)
-        fired = watch.fired if watch is not None else None
-        if fired is not None:
-            _absorb_pending(fired)
-        return fired
+        if watch is None or watch.fired is None:
+            return None
+        if not watch.deferred:
+            _absorb_pending(watch.fired)
+        return watch.fired
 
     def attach_task(self, token: int, task: "asyncio.Task[Any]") -> None:
         """Interrupt an ``async`` step by cancelling ``task`` (called inside its loop)."""
@@ -123,8 +137,25 @@ class Watchdog:
                     if watch.task is not None:
                         loop, task = watch.task
                         loop.call_soon_threadsafe(task.cancel)
+                    elif _tracing() and _blocked_in_c(watch):
+                        watch.deferred = True
                     else:
                         raise_thread_exception(watch.thread_id, exc)  # type: ignore[no-untyped-call]
+
+    def _track_positions(self) -> None:
+        """Note where each watched thread is; raise deferred interrupts that can land."""
+        if not _tracing():
+            return
+        frames = sys._current_frames()
+        with self._lock:
+            for watch in self._watches.values():
+                frame = frames.get(watch.thread_id)
+                position = (id(frame), frame.f_lasti) if frame is not None else None
+                moved = position != watch.position
+                watch.position = position
+                if watch.deferred and moved and watch.fired is not None:
+                    watch.deferred = False
+                    raise_thread_exception(watch.thread_id, watch.fired)  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         """Stop the supervisor thread (steps still running are no longer watched)."""
@@ -135,6 +166,7 @@ class Watchdog:
             now = time.monotonic()
             shutdown_at = self._shutdown_at
             self._fire_where(lambda w, now=now: w.deadline <= now, StepTimeout)  # type: ignore[misc]
+            self._track_positions()
             if shutdown_at is not None and shutdown_at <= now:
                 self._fire_where(lambda w: True, WorkerShutdown)
             for watch, exc in self._stuck(now):
@@ -157,6 +189,19 @@ class Watchdog:
                     watch.stuck_reported = True
                     out.append((watch, watch.fired))
         return out
+
+
+def _tracing() -> bool:
+    """Return whether a tracer (coverage, a debugger) is installed for threads."""
+    return sys.gettrace() is not None or threading.gettrace() is not None
+
+
+def _blocked_in_c(watch: _Watch) -> bool:
+    """Return whether the watched thread has not moved since the last tick."""
+    frame = sys._current_frames().get(watch.thread_id)
+    if frame is None or watch.position is None:
+        return False
+    return (id(frame), frame.f_lasti) == watch.position
 
 
 def _absorb_pending(exc: type[Interrupt]) -> None:

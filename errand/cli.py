@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from errand import cli_jobs
+from errand import cli_flow, cli_jobs, cli_schedules
 from errand.client import FINAL_STATUSES, ErrandClient, ErrandError
 from errand.progress import JobProgress
 from errand.settings import ClientSettings
@@ -19,9 +19,14 @@ users_app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(cli_jobs.dlq_app, name="dlq")
+app.add_typer(cli_schedules.schedules_app, name="schedules")
 app.command()(cli_jobs.cancel)
 app.command()(cli_jobs.retry)
 app.command()(cli_jobs.watch)
+app.command()(cli_flow.pause)
+app.command()(cli_flow.resume)
+app.command()(cli_flow.pauses)
+app.command()(cli_flow.breakers)
 console = Console()
 err_console = Console(stderr=True)
 

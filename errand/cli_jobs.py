@@ -38,7 +38,8 @@ def print_problem(exc: ErrandError) -> None:
         err_console.print(f"  [red]{err.get('field')}: {err.get('message')}")
 
 
-def _call(action: Callable[[ErrandClient], Any]) -> Any:
+def call(action: Callable[[ErrandClient], Any]) -> Any:
+    """Run ``action`` with a client of the configured API; print a problem and exit 1."""
     settings, key = client_settings()
     with ErrandClient(str(settings.url), key) as client:
         try:
@@ -50,7 +51,7 @@ def _call(action: Callable[[ErrandClient], Any]) -> Any:
 
 def cancel(job_id: str) -> None:
     """Cancel a job: at once if it has not started, else at its next step boundary."""
-    job = _call(lambda c: c.cancel(job_id))
+    job = call(lambda c: c.cancel(job_id))
     console.print(f"{job_id} {job['status']}")
 
 
@@ -59,7 +60,7 @@ def retry(
     from_start: Annotated[bool, typer.Option("--from-start", help="Run every step again.")] = False,
 ) -> None:
     """Run a failed, dead or cancelled job again from the step that did not finish."""
-    job = _call(lambda c: c.retry(job_id, from_start=from_start))
+    job = call(lambda c: c.retry(job_id, from_start=from_start))
     console.print(f"{job_id} {job['status']} (from step {job.get('step')})")
 
 
@@ -105,7 +106,7 @@ def dlq_ls(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
 ) -> None:
     """List dead jobs, oldest first."""
-    page = _call(
+    page = call(
         lambda c: c.dead_jobs(type=job_type, error=error, min_age_s=older_than, limit=limit)
     )
     table = Table("id", "type", "step", "error", "died")
@@ -133,7 +134,7 @@ def dlq_requeue(
 ) -> None:
     """Requeue dead jobs with a fresh attempt budget (by id, by filter, or --all)."""
     body = json.loads(payload) if payload else None
-    result = _call(
+    result = call(
         lambda c: c.requeue_dead(
             job_ids=job_ids or None,
             type=job_type,
@@ -158,7 +159,7 @@ def dlq_purge(
     """Delete dead jobs and their dead-lettered messages (asks first)."""
     if not yes:
         typer.confirm("Delete these dead jobs for good?", abort=True)
-    result = _call(
+    result = call(
         lambda c: c.purge_dead(
             job_ids=job_ids or None, type=job_type, error=error, min_age_s=older_than, all=all_jobs
         )

@@ -85,6 +85,64 @@ class ErrandClient:
         body = {k: v for k, v in selector.items() if v is not None}
         return self._json(self._http.post("/v1/admin/dlq/purge", json=body))
 
+    def schedules(self) -> dict[str, Any]:
+        """List your schedules (every schedule for admins): ``{data, count}``."""
+        return self._json(self._http.get("/v1/schedules"))
+
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        job_type: str,
+        payload: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Create a cron schedule; options: timezone, priority, missed, enabled."""
+        body = {"name": name, "cron": cron, "type": job_type, "payload": payload or {}, **options}
+        return self._json(self._http.post("/v1/schedules", json=body))
+
+    def update_schedule(self, schedule_id: uuid.UUID | str, **changes: Any) -> dict[str, Any]:
+        """Change a schedule (``enabled=False`` pauses it, ``True`` resumes it)."""
+        return self._json(self._http.patch(f"/v1/schedules/{schedule_id}", json=changes))
+
+    def delete_schedule(self, schedule_id: uuid.UUID | str) -> None:
+        """Delete a schedule (the jobs it made stay)."""
+        response = self._http.delete(f"/v1/schedules/{schedule_id}")
+        if response.is_error:
+            self._json(response)
+
+    def pause(self, *, queue: str | None = None, job_type: str | None = None) -> dict[str, Any]:
+        """Pause a queue or a job type (admins)."""
+        body = {"queue": queue} if queue else {"job_type": job_type}
+        return self._json(self._http.post("/v1/admin/pause", json=body))
+
+    def resume(self, *, queue: str | None = None, job_type: str | None = None) -> dict[str, Any]:
+        """Resume a paused queue or job type (admins)."""
+        body = {"queue": queue} if queue else {"job_type": job_type}
+        return self._json(self._http.post("/v1/admin/resume", json=body))
+
+    def pauses(self) -> list[dict[str, Any]]:
+        """The paused queues and job types (admins)."""
+        return self._list(self._http.get("/v1/admin/pauses"))
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """The circuit breakers that have seen failures (admins)."""
+        return self._list(self._http.get("/v1/admin/breakers"))
+
+    def close_breaker(self, key: str) -> None:
+        """Close a circuit breaker by hand (admins)."""
+        response = self._http.delete(f"/v1/admin/breakers/{key}")
+        if response.is_error:
+            self._json(response)
+
+    def submit_workflow(self, jobs: list[dict[str, Any]], name: str = "") -> dict[str, Any]:
+        """Submit a DAG of jobs (each with ``ref`` and ``after``)."""
+        return self._json(self._http.post("/v1/workflows", json={"name": name, "jobs": jobs}))
+
+    def workflow(self, workflow_id: uuid.UUID | str) -> dict[str, Any]:
+        """A workflow's jobs, counts and overall status."""
+        return self._json(self._http.get(f"/v1/workflows/{workflow_id}"))
+
     def _list(self, response: httpx.Response) -> list[dict[str, Any]]:
         if response.is_error:
             self._json(response)

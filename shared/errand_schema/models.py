@@ -75,6 +75,8 @@ class User(SQLModel, table=True):
     disabled_at: datetime | None = _ts()
     #: Submissions per second this user may make (token bucket); NULL: the default.
     rate_limit_per_s: float | None = None
+    #: Jobs of this user admitted to the broker at once; NULL: the default, 0: no cap.
+    max_in_flight: int | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -109,6 +111,8 @@ class JobType(SQLModel, table=True):
     retry: dict[str, Any] = Field(default_factory=dict, sa_type=JsonType)
     timeout_s: float | None = None
     concurrency_limit: int | None = None
+    #: Circuit breaker of the type: {"failures": N, "cooldown_s": S, "per": "type"|"host"}.
+    breaker: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
     )
@@ -124,6 +128,9 @@ class Job(SQLModel, table=True):
         CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_owner_status", "owner_id", "status"),
+        Index("ix_jobs_owner_dedup", "owner_id", "dedup_key"),
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_run"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -171,6 +178,17 @@ class Job(SQLModel, table=True):
     trace_id: str | None = Field(default=None, max_length=32)
     #: W3C trace context of that request: every attempt's span continues it.
     trace_context: dict[str, str] | None = Field(default=None, sa_type=JsonType)
+    #: Deduplication key (see ``dedup_mode``): one unfinished job, or one per window.
+    dedup_key: str | None = Field(default=None, max_length=200)
+    #: The workflow (a DAG submitted in one request) this job belongs to.
+    workflow_id: uuid.UUID | None = Field(default=None, index=True)
+    #: The job's name inside its workflow.
+    workflow_ref: str | None = Field(default=None, max_length=100)
+    #: The cron schedule that made this job, and the run time it stands for.
+    schedule_id: uuid.UUID | None = Field(
+        default=None, foreign_key="schedules.id", ondelete="SET NULL"
+    )
+    scheduled_for: datetime | None = _ts()
 
 
 class JobStep(SQLModel, table=True):
@@ -253,4 +271,58 @@ class IdempotencyKey(SQLModel, table=True):
     job_id: uuid.UUID = Field(foreign_key="jobs.id", ondelete="CASCADE")
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False, index=True)
+    )
+
+
+class JobDependency(SQLModel, table=True):
+    """``job_id`` stays ``blocked`` until ``depends_on_id`` is completed."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", primary_key=True, ondelete="CASCADE")
+    depends_on_id: uuid.UUID = Field(
+        foreign_key="jobs.id", primary_key=True, index=True, ondelete="CASCADE"
+    )
+
+
+class Pause(SQLModel, table=True):
+    """A paused queue or job type: its jobs stay queued in PostgreSQL until resumed."""
+
+    __tablename__ = "pauses"
+    __table_args__ = (CheckConstraint(_in("kind", ("queue", "job_type")), name="ck_pauses_kind"),)
+
+    kind: str = Field(primary_key=True, max_length=20)
+    name: str = Field(primary_key=True, max_length=200)
+    paused_by: str = Field(default="", max_length=200)
+    paused_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+
+
+class Schedule(SQLModel, table=True):
+    """A cron schedule: a job of ``job_type`` at every time ``cron`` names in ``timezone``."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint(_in("missed", ("skip", "run_once")), name="ck_schedules_missed"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=200)
+    cron: str = Field(max_length=200)
+    timezone: str = Field(default="UTC", max_length=64)
+    job_type: str = Field(max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JsonType)
+    priority: str | None = Field(default=None, max_length=20)
+    #: After downtime: ``skip`` the missed runs, or ``run_once`` for all of them.
+    missed: str = Field(default="skip", max_length=20)
+    enabled: bool = True
+    next_run_at: datetime | None = _ts(index=True)
+    last_run_at: datetime | None = _ts()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
     )

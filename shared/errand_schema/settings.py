@@ -61,6 +61,10 @@ class CommonSettings(BaseSettings):
     masked_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_MASKED_FIELDS)
     )
+    #: Jobs one user may have admitted or running at once (0: no cap); the rest wait in
+    #: PostgreSQL and are admitted as the user's slots free. Per-user override:
+    #: ``users.max_in_flight``.
+    max_in_flight_per_user: int = Field(default=3, ge=0)
     #: Allow webhooks and callbacks to loopback and private addresses (SSRF guard off).
     allow_private_urls: bool = False
     #: Hosts that webhooks and callbacks may always reach (comma-separated).

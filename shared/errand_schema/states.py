@@ -41,7 +41,8 @@ INITIAL_STATUSES: frozenset[JobStatus] = frozenset(
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.BLOCKED: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    # queued -> retrying: a circuit breaker is open; the job waits without an attempt.
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
         {
             JobStatus.COMPLETED,

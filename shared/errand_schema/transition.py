@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from errand_schema import flow
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.models import Job, JobEvent, JobStep, utcnow
 from errand_schema.queues import DEFAULT_QUEUE, Priority
@@ -128,7 +129,7 @@ def transition_job(
             data = {**(data or {}), "callback_job_id": str(delivery_id)}
     elif from_status in FINISHED_STATUSES:
         job.finished_at = None
-    return append_event(
+    event = append_event(
         session,
         job,
         event_type or DEFAULT_EVENT_TYPE[to_status],
@@ -138,6 +139,59 @@ def transition_job(
         from_status=from_status,
         now=at,
     )
+    if to_status in FINISHED_STATUSES:
+        # Its slot is free; the jobs waiting for it may go on (or fail with it).
+        flow.note_admit(session, job.owner_id)
+        _settle_dependents(session, job, at)
+    return event
+
+
+def _settle_dependents(session: Session, job: Job, at: datetime) -> None:
+    """Queue the blocked dependents whose dependencies all completed; fail them all,
+    through the whole graph, when ``job`` ended otherwise."""
+    for dependent_id in flow.dependents(session, job.id):
+        dependent = lock_job(session, dependent_id)
+        if dependent is None or dependent.status != JobStatus.BLOCKED:
+            continue
+        if job.status != JobStatus.COMPLETED:
+            dependent.error = {
+                "type": "DependencyFailed",
+                "message": f"dependency {job.id} ended {job.status}",
+                "reason": "dependency_failed",
+                "dependency": str(job.id),
+            }
+            flow.note_events(
+                session,
+                [
+                    transition_job(
+                        session,
+                        dependent,
+                        JobStatus.FAILED,
+                        actor="dependencies",
+                        message=f"dependency {job.id} ended {job.status}",
+                        data={"reason": "dependency_failed", "dependency": str(job.id)},
+                        now=at,
+                    )
+                ],
+            )
+        elif flow.dependency_state(session, flow.dependencies(session, dependent.id)) is (
+            JobStatus.QUEUED
+        ):
+            dependent.published_at = None
+            flow.note_events(
+                session,
+                [
+                    transition_job(
+                        session,
+                        dependent,
+                        JobStatus.QUEUED,
+                        actor="dependencies",
+                        message="every dependency completed",
+                        now=at,
+                    )
+                ],
+            )
+            flow.note_admit(session, dependent.owner_id)
 
 
 #: The built-in type that delivers callbacks.

@@ -39,7 +39,7 @@ def dev_system(tmp_path: Path, worker_options: dict[str, Any]) -> Iterator[DevSy
     system = build_dev_system(
         tmp_path / "dev",
         threads=2,
-        job_modules=["sample_jobs", "engine_jobs"],
+        job_modules=["sample_jobs", "engine_jobs", "flow_jobs"],
         worker_options=worker_options,
     )
     yield system

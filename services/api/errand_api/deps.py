@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import dramatiq
 from fastapi import Depends, Request
@@ -35,6 +35,8 @@ class Services:
     rules: SubmissionRules
     settings: ApiSettings
     jwt: JwtVerifier | None = None
+    #: The Redis client (breakers, pauses' readers); ``memory://`` in dev mode.
+    redis: Any = None
 
 
 class RedisPing:

@@ -30,6 +30,14 @@ class Forbidden(ApiError):
     title = "Forbidden"
 
 
+class NotFound(ApiError):
+    """No such resource (other than a job)."""
+
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
 class JobNotFound(ApiError):
     """No job with this id that the caller may see."""
 

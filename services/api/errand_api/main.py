@@ -22,8 +22,18 @@ from errand_api.openapi import install_openapi
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
 from errand_api.ratelimit import TokenBucket
-from errand_api.routes import admin, health, job_actions, jobs, keys, stats
+from errand_api.routes import (
+    admin,
+    flow_admin,
+    health,
+    job_actions,
+    jobs,
+    keys,
+    stats,
+    workflows,
+)
 from errand_api.routes import metrics as metrics_route
+from errand_api.routes import schedules as schedules_route
 from errand_api.settings import ApiSettings, get_settings
 from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
@@ -81,6 +91,7 @@ def create_app(
         ),
         settings=settings,
         jwt=JwtVerifier(jwt_config) if (jwt_config := settings.jwt_config()) else None,
+        redis=redis,
     )
 
     @asynccontextmanager
@@ -116,6 +127,9 @@ def create_app(
     app.include_router(stats.router)
     app.include_router(keys.router)
     app.include_router(admin.router)
+    app.include_router(flow_admin.router)
+    app.include_router(workflows.router)
+    app.include_router(schedules_route.router)
     return app
 
 

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from errand_schema.queues import Priority
 from errand_schema.retry import RetryPolicy
@@ -32,6 +32,26 @@ def json_depth(value: object) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+#: Most dependencies of one job.
+MAX_DEPENDENCIES = 100
+
+
+class Dedup(BaseModel):
+    """Deduplication of submissions by key (per user).
+
+    * ``simple``: while a job with the key is unfinished, a new submission returns it.
+    * ``throttle``: at most one job with the key per ``window_s``; others return it.
+    * ``debounce``: the job waits ``window_s``; a new submission in that time replaces
+      it (the old one is cancelled), so the last one wins.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=200)
+    mode: Literal["simple", "throttle", "debounce"] = "simple"
+    window_s: float = Field(default=60.0, gt=0, le=86_400)
 
 
 class JobCreate(BaseModel):
@@ -67,6 +87,28 @@ class JobCreate(BaseModel):
         max_length=2000,
         description="POSTed with the job, signed, when it finishes (http or https, public).",
     )
+
+    depends_on: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDENCIES,
+        description="Your jobs that must complete first; the job is `blocked` until "
+        "then, and fails with reason `dependency_failed` if one of them does not complete.",
+    )
+    run_at: datetime | None = Field(
+        default=None, description="Run no earlier than this time (status `scheduled`)."
+    )
+    delay_s: float | None = Field(
+        default=None, gt=0, le=MAX_AGE_S, description="Run no earlier than this many seconds."
+    )
+    dedup: Dedup | None = Field(default=None, description="Deduplicate by key (see Dedup).")
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> "JobCreate":
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise ValueError("run_at needs a timezone (e.g. 2026-01-01T09:00:00Z)")
+        return self
 
     @field_validator("payload", mode="before")
     @classmethod
@@ -254,3 +296,29 @@ class UserPublic(BaseModel):
     created_at: datetime
     disabled_at: datetime | None
     rate_limit_per_s: float | None
+
+
+class WorkflowJob(JobCreate):
+    """One job of a workflow: ``ref`` names it; ``after`` lists refs it waits for."""
+
+    ref: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    after: list[str] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+
+
+class WorkflowCreate(BaseModel):
+    """Body of ``POST /v1/workflows``: a DAG of jobs created together (all or none)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+    jobs: list[WorkflowJob] = Field(min_length=1, max_length=500)
+
+
+class WorkflowPublic(BaseModel):
+    """A workflow: its jobs (by ref) and how far it got."""
+
+    id: uuid.UUID
+    status: str
+    counts: dict[str, int]
+    progress: int
+    jobs: dict[str, JobPublic]

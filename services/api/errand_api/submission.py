@@ -1,19 +1,22 @@
 """Accepting a job: validate against its type, write the row and its first event."""
 
 import json
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from errand_api.catalog import Catalog, payload_errors
 from errand_api.errors import InvalidJob
 from errand_api.schemas import JobCreate
+from errand_schema import flow
 from errand_schema.auth import Principal
 from errand_schema.events import JobEventMessage
-from errand_schema.models import Job, JobStep
+from errand_schema.models import Job, JobDependency, JobStep, utcnow
 from errand_schema.netpolicy import UrlRefused, check_url
 from errand_schema.queues import Priority
-from errand_schema.states import JobStatus
+from errand_schema.states import UNFINISHED_STATUSES, JobStatus
 from errand_schema.telemetry import current_trace_id, inject_context
 from errand_schema.transition import transition_job
 
@@ -57,21 +60,54 @@ def check_job(
     return errors
 
 
+@dataclass
+class Created:
+    """A submission's outcome: the job that stands, and whether it is a new one."""
+
+    job: Job
+    steps: list[JobStep]
+    event: JobEventMessage | None
+    #: False when deduplication returned an existing job instead.
+    new: bool = True
+
+
 def create_job(
     session: Session,
     catalog: Catalog,
     principal: Principal,
     body: JobCreate,
     rules: SubmissionRules,
-) -> tuple[Job, list[JobStep], JobEventMessage]:
-    """Validate ``body`` and add the job, its steps and its ``queued`` event to ``session``.
+    *,
+    depends_on: list[uuid.UUID] | None = None,
+    workflow_id: uuid.UUID | None = None,
+    ref: str | None = None,
+) -> Created:
+    """Validate ``body`` and add the job, its steps and its first event to ``session``.
+
+    The job starts ``queued``, ``scheduled`` (``run_at``/``delay_s``, or a debounced
+    submission) or ``blocked`` (unfinished dependencies; it fails at once with reason
+    ``dependency_failed`` when one already ended otherwise). ``depends_on`` adds ids of
+    jobs created in the same transaction (a workflow) to those of the body.
 
     Raises:
-        InvalidJob: The type is unknown or the payload breaks the type's schema.
+        InvalidJob: The type is unknown, the payload breaks the type's schema, or a
+            dependency is unknown.
     """
     errors = check_job(session, catalog, body, rules)
+    deps = list(dict.fromkeys([*body.depends_on, *(depends_on or [])]))
+    errors += _dependency_errors(session, principal, body.depends_on)
+    if deps and (body.run_at is not None or body.delay_s is not None):
+        errors.append(
+            {"field": "depends_on", "message": "cannot be combined with run_at or delay_s"}
+        )
     if errors:
         raise InvalidJob(f"The job does not match the rules of {body.type!r}.", errors)
+    now = utcnow()
+    if body.dedup is not None:
+        standing = _deduplicate(session, principal, body, now)
+        if standing is not None:
+            steps = list(session.exec(select(JobStep).where(JobStep.job_id == standing.id)))
+            return Created(standing, steps, None, new=False)
     found = catalog.get(session, body.type)
     assert found is not None
     job_type, _ = found
@@ -88,6 +124,9 @@ def create_job(
         callback_url=body.callback_url,
         trace_id=current_trace_id(),
         trace_context=inject_context() or None,
+        dedup_key=body.dedup.key if body.dedup else None,
+        workflow_id=workflow_id,
+        workflow_ref=ref,
     )
     steps = [
         JobStep(job_id=job.id, index=i, name=str(s["name"]), timeout_s=s.get("timeout_s"))
@@ -95,6 +134,106 @@ def create_job(
     ]
     if steps:
         job.step = steps[0].name
-    event = transition_job(session, job, JobStatus.QUEUED, actor=f"user:{principal.user_id}")
+    actor = f"user:{principal.user_id}"
+    run_at = _start_time(body, now)
+    if run_at is not None:
+        job.run_at = run_at
+        event = transition_job(session, job, JobStatus.SCHEDULED, actor=actor)
+    elif deps:
+        state = flow.dependency_state(session, deps)
+        if state is JobStatus.QUEUED:
+            event = transition_job(session, job, JobStatus.QUEUED, actor=actor)
+        else:
+            event = transition_job(session, job, JobStatus.BLOCKED, actor=actor)
+        session.flush()  # the job row first: the dependency rows refer to it
+        session.add_all(JobDependency(job_id=job.id, depends_on_id=d) for d in deps)
+        if state is JobStatus.FAILED:
+            job.error = {
+                "type": "DependencyFailed",
+                "message": "a dependency already ended without completing",
+                "reason": "dependency_failed",
+            }
+            flow.note_events(
+                session,
+                [
+                    transition_job(
+                        session,
+                        job,
+                        JobStatus.FAILED,
+                        actor="dependencies",
+                        message="a dependency already ended without completing",
+                        data={"reason": "dependency_failed"},
+                    )
+                ],
+            )
+    else:
+        event = transition_job(session, job, JobStatus.QUEUED, actor=actor)
     session.add_all(steps)
-    return job, steps, event
+    return Created(job, steps, event)
+
+
+def _start_time(body: JobCreate, now: datetime) -> datetime | None:
+    if body.run_at is not None:
+        return body.run_at.astimezone(UTC)
+    if body.delay_s is not None:
+        return now + timedelta(seconds=body.delay_s)
+    if body.dedup is not None and body.dedup.mode == "debounce":
+        return now + timedelta(seconds=body.dedup.window_s)
+    return None
+
+
+def _dependency_errors(
+    session: Session, principal: Principal, ids: list[uuid.UUID]
+) -> list[dict[str, str]]:
+    if not ids:
+        return []
+    owners = dict(session.exec(select(Job.id, Job.owner_id).where(col(Job.id).in_(ids))).all())
+    return [
+        {"field": f"depends_on.{i}", "message": f"no job {dep} (or not yours)"}
+        for i, dep in enumerate(ids)
+        if dep not in owners or not (principal.is_admin or owners[dep] == principal.user_id)
+    ]
+
+
+def _deduplicate(
+    session: Session, principal: Principal, body: JobCreate, now: datetime
+) -> Job | None:
+    """Return the job that stands instead of a new one, or None to create it.
+
+    Submissions of one user are serialised here (an advisory lock held to the commit),
+    so concurrent requests with one key see each other.
+    """
+    assert body.dedup is not None
+    flow.lock_owner(session, principal.user_id)
+    same_key = select(Job).where(
+        col(Job.owner_id) == principal.user_id, col(Job.dedup_key) == body.dedup.key
+    )
+    if body.dedup.mode == "simple":
+        return session.exec(
+            same_key.where(col(Job.status).in_(UNFINISHED_STATUSES)).order_by(
+                col(Job.created_at).desc()
+            )
+        ).first()
+    since = now - timedelta(seconds=body.dedup.window_s)
+    if body.dedup.mode == "throttle":
+        return session.exec(
+            same_key.where(col(Job.created_at) >= since).order_by(col(Job.created_at).desc())
+        ).first()
+    # debounce: the waiting job of the key is replaced; the new one waits a full window
+    for waiting in session.exec(
+        same_key.where(col(Job.status) == JobStatus.SCHEDULED).with_for_update()
+    ).all():
+        flow.note_events(
+            session,
+            [
+                transition_job(
+                    session,
+                    waiting,
+                    JobStatus.CANCELLED,
+                    actor=f"user:{principal.user_id}",
+                    message="superseded by a newer submission (debounce)",
+                    data={"reason": "debounced"},
+                )
+            ],
+        )
+    return None

@@ -19,13 +19,20 @@ from errand_schema.models import Job, utcnow
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
 from errand_schema.telemetry import configure_tracing, instrument_clients
 from errand_worker.actors.steps import declare_step_actors
+from errand_worker.gates import FlowGates
 from errand_worker.jobtypes import builtin_job_types
 from errand_worker.lease import LeaseKeeper
 from errand_worker.metrics import serve_metrics
 from errand_worker.middleware.graceful_shutdown import GracefulShutdown
 from errand_worker.middleware.trace_context import TraceContext
 from errand_worker.reconciler import Reconciler
-from errand_worker.registry import Registry, default_registry, load_job_modules, register_job_types
+from errand_worker.registry import (
+    BreakerPolicy,
+    Registry,
+    default_registry,
+    load_job_modules,
+    register_job_types,
+)
 from errand_worker.runtime import Enqueue, WorkerRuntime
 from errand_worker.settings import WorkerSettings
 from errand_worker.watchdog import Watchdog
@@ -64,11 +71,18 @@ def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
             kwargs={},
             options={"broker_priority": BROKER_PRIORITY[Priority(priority)]},
         )
+        sent_at = utcnow()
         broker.enqueue(message, delay=delay_ms)
+        # Only if nobody touched the job since: a consumer may already have taken this
+        # message and left the job waiting (paused), which needs published_at NULL.
         stmt = (
             update(Job)
-            .where(col(Job.id) == msg.job_id, col(Job.published_at).is_(None))
-            .values(published_at=utcnow())
+            .where(
+                col(Job.id) == msg.job_id,
+                col(Job.published_at).is_(None),
+                col(Job.updated_at) <= sent_at,
+            )
+            .values(published_at=sent_at)
         )
         with engine.begin() as conn:
             conn.execute(stmt)
@@ -86,6 +100,11 @@ def build_registry(settings: WorkerSettings) -> Registry:
         webhook_timeout_s=settings.webhook_timeout_s,
         allow_private_urls=settings.allow_private_urls,
         allowed_url_hosts=frozenset(settings.allowed_url_hosts),
+        webhook_breaker=BreakerPolicy(
+            failures=settings.webhook_breaker_failures,
+            cooldown_s=settings.webhook_breaker_cooldown_s,
+            per="host",
+        ),
     )
     for spec in builtins:
         registry.add(spec)
@@ -142,6 +161,8 @@ def setup_worker(
         ),
         watchdog=watchdog,
         broker_delay_max_s=settings.broker_delay_max_s,
+        max_in_flight_per_user=settings.max_in_flight_per_user,
+        gates=FlowGates(redis, settings.redis_prefix, engine),
     )
     broker.add_middleware(
         GracefulShutdown(watchdog, settings.shutdown_grace_s, on_stopping=runtime.stop_reconciler)

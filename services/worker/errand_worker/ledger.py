@@ -6,6 +6,7 @@ stale attempt (its lease was taken over) changes nothing.
 """
 
 import logging
+import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,6 +46,10 @@ class Claim:
     outputs: dict[str, Any] = field(default_factory=dict)
     #: The submitting request's trace context (the parent of every attempt's span).
     trace_context: dict[str, str] | None = None
+    #: The concurrency slot held while the step runs (its member name), if any.
+    slot: str | None = None
+    #: The circuit breaker the step reports to, if its type has one.
+    breaker: str | None = None
 
     @property
     def step(self) -> StepSpec:
@@ -118,6 +123,10 @@ def _start(
         _fail_now(s, events, job, actor, "invalid_payload", str(exc))
         return Refusal("invalid payload")
     plan = spec.plan(payload)
+    gate = _pass_gates(rt, s, events, job, spec, payload)
+    if isinstance(gate, Refusal):
+        return gate
+    slot, breaker = gate
     rows = _step_rows(s, job.id, plan)
     step_row = rows[job.step_index]
     now = utcnow()
@@ -170,7 +179,84 @@ def _start(
         timeout_s=step.timeout_s or job.timeout_s or spec.timeout_s or rt.default_step_timeout_s,
         outputs={r.name: r.output for r in rows[: job.step_index]},
         trace_context=job.trace_context,
+        slot=slot,
+        breaker=breaker,
     )
+
+
+def _pass_gates(
+    rt: WorkerRuntime,
+    s: Session,
+    events: list[JobEventMessage],
+    job: Job,
+    spec: JobTypeSpec,
+    payload: BaseModel,
+) -> tuple[str | None, str | None] | Refusal:
+    """Check pause, circuit breaker and concurrency slot; return (slot, breaker key).
+
+    None of these spends an attempt: a paused job waits in PostgreSQL for its resume, a
+    job behind an open breaker waits (``retrying``, reason ``circuit_open``) for the
+    cool-down, and a job without a slot is looked at again shortly.
+    """
+    gates = rt.gates
+    if gates is None:
+        return None, None
+    actor = f"worker:{rt.worker}"
+    if gates.is_paused(s, job.queue, job.type):
+        job.published_at = None
+        job.updated_at = utcnow()
+        if job.status == JobStatus.RUNNING:
+            events.append(transition_job(s, job, JobStatus.QUEUED, actor=actor, message="paused"))
+        s.add(job)
+        return Refusal("paused")
+    breaker = None
+    if spec.breaker is not None:
+        breaker = spec.breaker.key(spec.name, payload)
+        probe_lease = (job.timeout_s or spec.timeout_s or rt.default_step_timeout_s) + rt.lease_s
+        decision = gates.check_breaker(breaker, probe_lease)
+        if decision.state == "open":
+            return _wait_for_breaker(rt, s, events, job, breaker, decision.wait_s)
+    slot = None
+    if spec.concurrency_limit:
+        member = str(job.id)
+        wait_s = gates.acquire_slot(spec.name, spec.concurrency_limit, member, rt.lease_s)
+        if wait_s:
+            # No busy loop: look again when a slot could free, at least 0.5 s, at most 2 s.
+            delay = min(max(wait_s, 0.5), 2.0) + random.uniform(0, 0.25)
+            return Refusal("no concurrency slot", retry_later=(delay, job.queue, job.priority))
+        slot = member
+    return slot, breaker
+
+
+def _wait_for_breaker(
+    rt: WorkerRuntime,
+    s: Session,
+    events: list[JobEventMessage],
+    job: Job,
+    breaker: str,
+    wait_s: float,
+) -> Refusal:
+    """Park the job behind an open breaker without spending an attempt."""
+    until = utcnow() + timedelta(seconds=wait_s)
+    message = f"circuit {breaker} is open; waiting {wait_s:.1f} s"
+    data = {"reason": "circuit_open", "breaker": breaker, "wait_s": round(wait_s, 3)}
+    actor = f"worker:{rt.worker}"
+    if job.status == JobStatus.RETRYING:
+        events.append(
+            append_event(s, job, EventType.RETRYING, actor=actor, message=message, data=data)
+        )
+    else:
+        events.append(
+            transition_job(s, job, JobStatus.RETRYING, actor=actor, message=message, data=data)
+        )
+    job.run_at = until
+    if wait_s > rt.broker_delay_max_s:
+        job.published_at = None  # the reconciler publishes it when due
+        s.add(job)
+        return Refusal("circuit open")
+    s.add(job)
+    delay = wait_s + random.uniform(0.05, 0.3)
+    return Refusal("circuit open", retry_later=(delay, job.queue, job.priority))
 
 
 def _step_rows(s: Session, job_id: uuid.UUID, plan: list[StepSpec]) -> list[JobStep]:

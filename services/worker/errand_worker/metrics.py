@@ -39,6 +39,11 @@ QUEUE_WAIT_SECONDS = Histogram(
 STEPS_RUNNING = Gauge(
     "errand_steps_running", "Steps running now", ["queue"], multiprocess_mode="livesum"
 )
+BREAKER_FAILURES = Counter(
+    "errand_breaker_failures_total",
+    "Failed attempts reported to a circuit breaker, by breaker and its state after",
+    ["breaker", "state"],
+)
 
 #: Outcome kind -> the counter it moves.
 OUTCOME_COUNTERS = {

@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, or_
 from sqlmodel import col, select
 
+from errand_schema import flow
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
 from errand_schema.states import JobStatus
@@ -20,6 +21,7 @@ from errand_schema.transition import lock_job, transition_job
 from errand_worker.leader import LeaderLock
 from errand_worker.ledger import expire_lease
 from errand_worker.runtime import WorkerRuntime
+from errand_worker.scheduler import fire_due_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ PUBLISH_GRACE_S = 2.0
 BATCH = 200
 #: How often old finished jobs are deleted.
 RETENTION_EVERY_S = 60.0
-#: Statuses whose jobs wait for a message.
-_WAITING = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
+#: Statuses of admitted jobs that wait for a message (queued ones go through admission).
+_WAITING = (JobStatus.RETRYING, JobStatus.RUNNING)
 #: Statuses deleted by retention; dead jobs stay until requeued or purged.
 _RETAINED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -67,17 +69,42 @@ class Reconciler:
 
     def run_once(self) -> dict[str, int]:
         """One pass; returns how many jobs each repair touched."""
-        counts = {"stalled": self.repair_expired_leases(), "published": self.publish_waiting()}
+        counts = {
+            "scheduled": fire_due_schedules(self._rt),
+            "released": self.release_due(),
+            "stalled": self.repair_expired_leases(),
+            "published": self.publish_waiting(),
+            "admitted": self.admit_waiting(),
+        }
         if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
             self._last_retention = time.monotonic()
             counts["deleted"] = self.delete_expired()
         return counts
 
+    def release_due(self) -> int:
+        """Queue the scheduled jobs whose time has come (``run_at`` / ``delay_s``)."""
+        with self._rt.transaction() as (s, events):
+            jobs = s.exec(
+                select(Job)
+                .where(col(Job.status) == JobStatus.SCHEDULED, col(Job.run_at) <= utcnow())
+                .order_by(col(Job.run_at))
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in jobs:
+                job.published_at = None
+                events.append(
+                    transition_job(s, job, JobStatus.QUEUED, actor="scheduler", message="due")
+                )
+                flow.note_admit(s, job.owner_id)
+        return len(jobs)
+
     def publish_waiting(self) -> int:
-        """Publish jobs waiting for a message that nobody sent (or that is due now)."""
+        """Publish admitted jobs waiting for a message nobody sent (or that is due now)."""
         now = utcnow()
         with self._rt.transaction() as (s, _):
-            jobs = s.exec(
+            queues, types = flow.paused(s)
+            stmt = (
                 select(Job)
                 .where(
                     col(Job.status).in_(_WAITING),
@@ -86,16 +113,26 @@ class Reconciler:
                     or_(col(Job.run_at).is_(None), col(Job.run_at) <= now),
                     col(Job.updated_at) < now - timedelta(seconds=PUBLISH_GRACE_S),
                 )
-                .order_by(col(Job.updated_at))
+                .order_by(flow.PRIORITY_RANK, col(Job.created_at))
                 .limit(BATCH)
-            ).all()
-            rows = [(j.id, j.step_index, j.attempt, j.queue, j.priority) for j in jobs]
+            )
+            if queues:
+                stmt = stmt.where(col(Job.queue).not_in(queues))
+            if types:
+                stmt = stmt.where(col(Job.type).not_in(types))
+            rows = [(j.id, j.step_index, j.attempt, j.queue, j.priority) for j in s.exec(stmt)]
         for job_id, step_index, attempt, queue, priority in rows:
             msg = RunJobStep(job_id=job_id, step_index=step_index, attempt=attempt + 1)
             self._rt.enqueue(msg, queue, priority, None)
         if rows:
             logger.info("published %d waiting jobs", len(rows))
         return len(rows)
+
+    def admit_waiting(self) -> int:
+        """Admit queued jobs into their users' free slots (catches every missed chance)."""
+        with self._rt.transaction() as (s, _):
+            owners = flow.owners_waiting(s)
+        return sum(self._rt.admit(owner) for owner in owners)
 
     def repair_expired_leases(self) -> int:
         """Hand back running jobs whose worker stopped renewing its lease."""

@@ -16,8 +16,9 @@ User job types live in their own modules, imported at start from
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 from sqlmodel import Session
@@ -49,6 +50,29 @@ class StepSpec:
         return inspect.iscoroutinefunction(self.fn)
 
 
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """A circuit breaker: after ``failures`` consecutive failed attempts it opens; jobs
+    wait (``retrying``, reason ``circuit_open``, no attempt spent) for ``cooldown_s``,
+    then one probe runs and its success closes it.
+
+    ``per="host"`` keeps one breaker per host of the payload's ``host_field`` URL (for
+    webhooks: one broken endpoint must not stop deliveries elsewhere).
+    """
+
+    failures: int = 5
+    cooldown_s: float = 30.0
+    per: Literal["type", "host"] = "type"
+    host_field: str = "url"
+
+    def key(self, type_name: str, payload: BaseModel) -> str:
+        """The breaker this payload's job is under."""
+        if self.per == "host":
+            host = urlsplit(str(getattr(payload, self.host_field, "") or "")).hostname or "-"
+            return f"host:{host}"
+        return f"type:{type_name}"
+
+
 @dataclass
 class JobTypeSpec:
     """A job type as the worker knows it (handlers included)."""
@@ -71,6 +95,8 @@ class JobTypeSpec:
     isolation: Literal["thread", "process"] = "thread"
     #: POSTed (as a ``webhook.deliver`` job of the owner) when a job of this type dies.
     alert_webhook_url: str | None = None
+    #: Circuit breaker shared by every worker (``None``: none).
+    breaker: BreakerPolicy | None = None
 
     def step(
         self, name: str | None = None, *, timeout_s: float | None = None
@@ -107,6 +133,7 @@ class JobTypeSpec:
             retry=self.retry.model_dump(),
             timeout_s=self.timeout_s,
             concurrency_limit=self.concurrency_limit,
+            breaker=asdict(self.breaker) if self.breaker else None,
             updated_at=utcnow(),
         )
 
@@ -147,7 +174,7 @@ def job_type(name: str, *, payload: type[BaseModel], **options: Any) -> JobTypeS
         name: The type name clients submit, e.g. ``image.resize``.
         payload: The pydantic model of the payload.
         **options: Any :class:`JobTypeSpec` field (queue, priority, max_attempts,
-            retry, timeout_s, concurrency_limit, description, planner).
+            retry, timeout_s, concurrency_limit, breaker, description, planner).
     """
     return default_registry.add(JobTypeSpec(name=name, payload=payload, **options))
 

@@ -61,12 +61,30 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
         finally:
             running.dec()
             rt.leases.release(claim.job_id)
+            if claim.slot is not None and rt.gates is not None:
+                rt.gates.release_slot(claim.slot)
+        _report_to_breaker(rt, claim, outcome)
         metrics.STEP_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         if outcome.kind in metrics.OUTCOME_COUNTERS:
             metrics.OUTCOME_COUNTERS[outcome.kind].labels(*labels).inc()
         return outcome
     finally:
         log_context.reset(token)
+
+
+def _report_to_breaker(rt: WorkerRuntime, claim: Claim, outcome: Outcome) -> None:
+    """A success closes the type's (or host's) breaker; a failed attempt counts."""
+    policy = claim.spec.breaker
+    if claim.breaker is None or policy is None or rt.gates is None:
+        return
+    try:
+        if outcome.kind in ("completed", "next"):
+            rt.gates.breaker_succeeded(claim.breaker)
+        elif outcome.kind in ("retrying", "dead"):
+            state = rt.gates.breaker_failed(claim.breaker, policy.failures, policy.cooldown_s)
+            metrics.BREAKER_FAILURES.labels(claim.breaker, state).inc()
+    except Exception:  # Redis down: the breaker misses one report, the job is recorded
+        logger.warning("could not report to circuit breaker %s", claim.breaker, exc_info=True)
 
 
 def _attempt_span(claim: Claim) -> Any:

@@ -1,5 +1,6 @@
 """Everything the step runner needs from its process, passed explicitly."""
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from errand_schema import flow
 from errand_schema.db import session_scope
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
@@ -16,6 +18,7 @@ from errand_worker.registry import Registry
 from errand_worker.watchdog import Watchdog
 
 if TYPE_CHECKING:
+    from errand_worker.gates import FlowGates
     from errand_worker.reconciler import Reconciler
 
 #: Sends a step message: (message, queue, priority name, delay in ms or None).
@@ -39,14 +42,34 @@ class WorkerRuntime:
     broker_delay_max_s: float = 60.0
     #: The reconciler running in this process, if any (it leads only when elected).
     reconciler: "Reconciler | None" = None
+    #: Pauses, concurrency slots and circuit breakers (checked before each step).
+    gates: "FlowGates | None" = None
+    #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
+    max_in_flight_per_user: int = 3
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Session, list[JobEventMessage]]]:
-        """Yield a session and an event list; publish the events after the commit."""
+        """Yield a session and an event list; publish the events after the commit.
+
+        Events written by cascades (dependents released or failed) are published too,
+        and users whose slots freed get their next waiting jobs admitted.
+        """
         events: list[JobEventMessage] = []
         with session_scope(self.engine) as session:
             yield session, events
-        self.events.publish(events)
+            extra, owners = flow.take_side_effects(session)
+        self.events.publish(events + extra)
+        for owner in owners:
+            self.admit(owner)
+
+    def admit(self, owner: uuid.UUID) -> int:
+        """Admit the user's next waiting jobs into free slots and send their messages."""
+        with session_scope(self.engine) as session:
+            jobs = flow.admit(session, owner, self.max_in_flight_per_user)
+            messages = [flow.message_for(job) for job in jobs]
+        for msg, queue, priority in messages:
+            self.enqueue(msg, queue, priority, None)
+        return len(messages)
 
     def stop_reconciler(self) -> None:
         """Stop this process's reconciler (a stopping worker must not lead)."""

@@ -58,6 +58,10 @@ class WorkerSettings(CommonSettings):
     )
     #: Timeout of one ``webhook.deliver`` request.
     webhook_timeout_s: float = 10.0
+    #: ``webhook.deliver`` keeps one circuit breaker per host: it opens after this many
+    #: consecutive failed deliveries and lets one probe through after the cool-down.
+    webhook_breaker_failures: int = Field(default=5, ge=1)
+    webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
     _split = field_validator("queues", "job_modules", mode="before")(split_commas)
 

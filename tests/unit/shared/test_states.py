@@ -24,6 +24,9 @@ LEGAL = {
     ("blocked", "cancelled"),
     ("queued", "running"),
     ("queued", "cancelled"),
+    # Added by the flow-control issue: a job behind an open circuit breaker waits in
+    # `retrying` (reason circuit_open) before its first attempt.
+    ("queued", "retrying"),
     ("running", "completed"),
     ("running", "retrying"),
     ("running", "failed"),

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from sqlmodel import Session, col, select
 
+from errand_api.admission import settle
 from errand_api.deps import PrincipalDep, ServicesDep, SessionDep
 from errand_api.errors import JobNotFound
 from errand_api.lifecycle import cancel_job, requeue_job
@@ -33,6 +34,7 @@ def cancel(
     events = cancel_job(session, job, f"user:{principal.user_id}")
     session.commit()
     services.events.publish(events)
+    settle(services, session)
     return _view(session, job_id)
 
 

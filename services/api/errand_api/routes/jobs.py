@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from errand_api import metrics
+from errand_api.admission import settle
 from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, JobNotFound, RateLimited
 from errand_api.idempotency import find_job_for_key, remember_key, request_hash
@@ -17,8 +18,7 @@ from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs
 from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
-from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, User, utcnow
+from errand_schema.models import Job, User
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
 from errand_schema.views import JobPublic, job_public, read_job_public
@@ -58,8 +58,9 @@ def submit_job(
         existing = find_job_for_key(session, principal.user_id, idempotency_key, body_hash)
         if existing is not None:
             return _existing(session, response, existing)
-    _take_tokens(session, services, principal, response, 1)
-    job, steps, event = create_job(session, services.catalog, principal, body, services.rules)
+    take_tokens(session, services, principal, response, 1)
+    created = create_job(session, services.catalog, principal, body, services.rules)
+    job = created.job
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
     try:
@@ -71,12 +72,18 @@ def submit_job(
         if existing is None:
             raise
         return _existing(session, response, existing)
-    services.events.publish([event])
-    publish_job(services, session, job)
-    metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    logger.info("job %s (%s) queued", job.id, job.type)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(job, steps)
+    if not created.new:
+        # Deduplicated: the job that stands is an earlier one.
+        response.status_code = status.HTTP_200_OK
+        response.headers["Errand-Deduplicated"] = "true"
+        settle(services, session)
+        return job_public(job, created.steps)
+    services.events.publish([created.event] if created.event else [])
+    settle(services, session, [job.owner_id])
+    metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
+    logger.info("job %s (%s) %s", job.id, job.type, job.status)
+    return job_public(job, created.steps)
 
 
 @router.post(
@@ -106,18 +113,16 @@ def submit_batch(
     ]
     if errors:
         raise InvalidJob("Some jobs in the batch are not valid; none was created.", errors)
-    _take_tokens(session, services, principal, response, len(body.jobs))
+    take_tokens(session, services, principal, response, len(body.jobs))
     created = [
         create_job(session, services.catalog, principal, job, services.rules) for job in body.jobs
     ]
     session.commit()
-    services.events.publish([event for _, _, event in created])
-    for job, _, _ in created:
-        publish_job(services, session, job)
-        metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    return JobsPublic(
-        data=[job_public(job, steps) for job, steps, _ in created], count=len(created)
-    )
+    services.events.publish([c.event for c in created if c.event is not None])
+    settle(services, session, [principal.user_id])
+    for c in created:
+        metrics.JOBS_SUBMITTED.labels(c.job.type, c.job.queue).inc()
+    return JobsPublic(data=[job_public(c.job, c.steps) for c in created], count=len(created))
 
 
 @router.get("", response_model=JobsPublic)
@@ -171,12 +176,8 @@ def may_see(job: Job, principal: Principal) -> bool:
 
 
 def publish_job(services: Services, session: Session, job: Job) -> None:
-    """Send the job's wake-up message and note when it reached the broker."""
-    msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
-    if services.publisher.publish(msg, job.queue, job.priority):
-        job.published_at = utcnow()
-        session.add(job)
-        session.commit()
+    """Send the job's wake-up message once its user has a free slot."""
+    settle(services, session, [job.owner_id])
 
 
 def _existing(session: Session, response: Response, job_id: uuid.UUID) -> JobPublic:
@@ -187,7 +188,7 @@ def _existing(session: Session, response: Response, job_id: uuid.UUID) -> JobPub
     return found[1]
 
 
-def _take_tokens(
+def take_tokens(
     session: Session, services: Services, principal: Principal, response: Response, cost: int
 ) -> None:
     user = session.get(User, principal.user_id)

@@ -11,7 +11,7 @@ from errand_schema.retry import RetryPolicy
 from errand_schema.signing import SIGNATURE_HEADER, sign_body
 from errand_worker.context import StepContext
 from errand_worker.errors import PermanentError, TransientError
-from errand_worker.registry import JobTypeSpec
+from errand_worker.registry import BreakerPolicy, JobTypeSpec
 
 #: Status codes worth retrying; any other 4xx is the caller's mistake.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -34,6 +34,7 @@ def build_webhook_deliver(
     timeout_s: float,
     allow_private: bool = False,
     allowed_hosts: frozenset[str] = frozenset(),
+    breaker: BreakerPolicy | None = None,
 ) -> JobTypeSpec:
     """Return the ``webhook.deliver`` type, signing with ``signing_secret`` when set.
 
@@ -79,6 +80,7 @@ def build_webhook_deliver(
         max_attempts=5,
         retry=RetryPolicy(strategy="exponential", base_s=1, factor=2, cap_s=120),
         timeout_s=timeout_s + 5,
+        breaker=breaker or BreakerPolicy(per="host"),
     )
     spec.step("deliver")(deliver)
     return spec

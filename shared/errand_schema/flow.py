@@ -1,0 +1,169 @@
+"""Flow control kept in PostgreSQL: admission per user, pauses, dependencies, due jobs.
+
+A ``queued`` job is *admitted* when its wake-up message is sent (``published_at`` set).
+Each user has at most ``max_in_flight`` jobs admitted or running at once; the rest wait
+in PostgreSQL and are admitted as the user's slots free, highest priority first, then
+oldest. So one user's flood of 10,000 jobs holds only a few broker messages, and another
+user's job starts after at most one job duration.
+
+The functions here run inside the caller's transaction; the caller sends the returned
+jobs' messages after the commit (see :func:`message_for`).
+"""
+
+import uuid
+import zlib
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import case, func, or_, text
+from sqlmodel import Session, col, select
+
+from errand_schema.events import JobEventMessage
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, JobDependency, Pause, User, utcnow
+from errand_schema.queues import Priority
+from errand_schema.states import FINISHED_STATUSES, JobStatus
+
+#: Statuses of a job that holds one of its user's slots (when admitted).
+_HOLDING = (JobStatus.RUNNING, JobStatus.RETRYING)
+#: Most jobs admitted per user in one call.
+ADMIT_BATCH = 100
+#: Highest priority first (the column holds names, not ranks).
+PRIORITY_RANK = case(
+    {p.value: rank for rank, p in enumerate(reversed(list(Priority)))},
+    value=col(Job.priority),
+    else_=99,
+)
+#: Session.info keys: owners whose waiting jobs may now be admitted, and events written
+#: by cascades (dependents failed or released) that the caller must publish too.
+ADMIT_KEY = "errand.admit"
+EVENTS_KEY = "errand.side_events"
+
+
+def lock_owner(session: Session, owner_id: uuid.UUID) -> None:
+    """Serialise admission decisions for one user (PostgreSQL advisory lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(owner_id.bytes) - 2**31
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def in_flight(session: Session, owner_id: uuid.UUID) -> int:
+    """Return how many of the user's jobs are admitted or running now."""
+    stmt = select(func.count()).where(
+        col(Job.owner_id) == owner_id,
+        or_(
+            col(Job.status).in_(_HOLDING),
+            (col(Job.status) == JobStatus.QUEUED) & col(Job.published_at).is_not(None),
+        ),
+    )
+    return int(session.exec(stmt).one())
+
+
+def user_cap(session: Session, owner_id: uuid.UUID, default_cap: int) -> int:
+    """Return the user's in-flight cap (0: no cap)."""
+    user = session.get(User, owner_id)
+    if user is not None and user.max_in_flight is not None:
+        return user.max_in_flight
+    return default_cap
+
+
+def paused(session: Session) -> tuple[set[str], set[str]]:
+    """Return the paused queues and job types."""
+    rows = session.exec(select(Pause)).all()
+    return (
+        {p.name for p in rows if p.kind == "queue"},
+        {p.name for p in rows if p.kind == "job_type"},
+    )
+
+
+def admit(
+    session: Session, owner_id: uuid.UUID, default_cap: int, now: datetime | None = None
+) -> list[Job]:
+    """Mark the user's next waiting jobs admitted, up to the free slots; return them."""
+    lock_owner(session, owner_id)
+    cap = user_cap(session, owner_id, default_cap)
+    limit = ADMIT_BATCH if cap <= 0 else min(ADMIT_BATCH, cap - in_flight(session, owner_id))
+    if limit <= 0:
+        return []
+    queues, types = paused(session)
+    stmt = (
+        select(Job)
+        .where(
+            col(Job.owner_id) == owner_id,
+            col(Job.status) == JobStatus.QUEUED,
+            col(Job.published_at).is_(None),
+            col(Job.lease_owner).is_(None),
+        )
+        .order_by(PRIORITY_RANK, col(Job.created_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if queues:
+        stmt = stmt.where(col(Job.queue).not_in(queues))
+    if types:
+        stmt = stmt.where(col(Job.type).not_in(types))
+    jobs = list(session.exec(stmt).all())
+    at = now or utcnow()
+    for job in jobs:
+        job.published_at = at
+        session.add(job)
+    return jobs
+
+
+def owners_waiting(session: Session, limit: int = 500) -> list[uuid.UUID]:
+    """Return users that have queued jobs not admitted yet."""
+    stmt = (
+        select(Job.owner_id)
+        .where(col(Job.status) == JobStatus.QUEUED, col(Job.published_at).is_(None))
+        .distinct()
+        .limit(limit)
+    )
+    return list(session.exec(stmt).all())
+
+
+def message_for(job: Job) -> tuple[RunJobStep, str, str]:
+    """The wake-up message of an admitted job: (message, queue, priority)."""
+    msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
+    return msg, job.queue, job.priority
+
+
+def note_admit(session: Session, owner_id: uuid.UUID) -> None:
+    """Ask the caller to run :func:`admit` for ``owner_id`` after this transaction."""
+    session.info.setdefault(ADMIT_KEY, set()).add(owner_id)
+
+
+def note_events(session: Session, events: Iterable[JobEventMessage]) -> None:
+    """Hand events written by a cascade to the caller, to publish after the commit."""
+    session.info.setdefault(EVENTS_KEY, []).extend(events)
+
+
+def take_side_effects(session: Session) -> tuple[list[JobEventMessage], set[uuid.UUID]]:
+    """Return (and forget) the cascade's events and the owners to admit."""
+    events: list[JobEventMessage] = session.info.pop(EVENTS_KEY, [])
+    owners: set[uuid.UUID] = session.info.pop(ADMIT_KEY, set())
+    return events, owners
+
+
+def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None:
+    """Given a job's dependencies: ``QUEUED`` when all completed, ``FAILED`` when any
+    ended otherwise, ``None`` while some are unfinished."""
+    if not ids:
+        return JobStatus.QUEUED
+    statuses = session.exec(select(Job.status).where(col(Job.id).in_(ids))).all()
+    if any(s in FINISHED_STATUSES and s != JobStatus.COMPLETED for s in statuses):
+        return JobStatus.FAILED
+    if len(statuses) == len(set(ids)) and all(s == JobStatus.COMPLETED for s in statuses):
+        return JobStatus.QUEUED
+    return None
+
+
+def dependents(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
+    """Return the jobs that wait for ``job_id``."""
+    stmt = select(JobDependency.job_id).where(JobDependency.depends_on_id == job_id)
+    return list(session.exec(stmt).all())
+
+
+def dependencies(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
+    """Return the jobs ``job_id`` waits for."""
+    stmt = select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)
+    return list(session.exec(stmt).all())

@@ -25,8 +25,8 @@ from errand_schema.models import Job, JobType, Schedule, utcnow
 from errand_worker.runtime import WorkerRuntime
 from errand_worker.scheduler import fire_due_schedules
 
-from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
-from resources import engine_on, isolated_infra, service_starter
+from helpers import ServiceProcess, free_port, wait_for, wait_http_ok
+from own_infra import own_infra_fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -37,25 +37,7 @@ LEADS = "this process now leads the reconciler"
 # --- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def infra() -> Iterator[Infra]:
-    """Resources of this module alone."""
-    with isolated_infra("schedules") as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-def db_engine(infra: Infra) -> Iterator[Engine]:
-    """An engine on this module's database."""
-    with engine_on(infra) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def start_service(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start services on this module's resources; all stopped at the end of the module."""
-    with service_starter(infra) as start:
-        yield start
+infra, db_engine, start_service = own_infra_fixtures("schedules")
 
 
 @pytest.fixture(scope="module")

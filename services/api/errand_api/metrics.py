@@ -10,6 +10,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from errand_schema.breakers import list_breakers
 from errand_schema.models import Job, utcnow
 from errand_schema.states import JobStatus
 
@@ -30,25 +31,46 @@ CACHE_S = 2.0
 
 
 class QueueCollector(Collector):
-    """Queue depth, running, retrying and dead jobs, and the oldest queued job's age."""
+    """Queue depth, running, retrying and dead jobs, the oldest queued job's age, and
+    the circuit breakers' states (from Redis)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, redis: Any = None, prefix: str = "errand:") -> None:
         self._engine = engine
+        self._redis = redis
+        self._prefix = prefix
         self._lock = threading.Lock()
         self._cached: tuple[float, list[Any]] = (0.0, [])
 
-    def use(self, engine: Engine) -> None:
-        """Read through another engine from now on."""
+    def use(self, engine: Engine, redis: Any = None, prefix: str = "errand:") -> None:
+        """Read through another engine (and Redis) from now on."""
         with self._lock:
             self._engine = engine
+            self._redis = redis
+            self._prefix = prefix
             self._cached = (0.0, [])
+
+    def describe(self) -> Any:
+        """The metric names, without reading (registration would otherwise collect, and
+        cache, a read before anything happened)."""
+        return [
+            GaugeMetricFamily(name, doc)
+            for name, doc in (
+                ("errand_queue_depth", "Jobs queued (waiting to run)"),
+                ("errand_jobs_running", "Jobs running"),
+                ("errand_jobs_retrying", "Jobs waiting for a retry"),
+                ("errand_dlq_depth", "Dead jobs in the DLQ"),
+                ("errand_queue_oldest_age_seconds", "Age of the oldest queued job"),
+                ("errand_breaker_open", "1 while a circuit breaker is open or half-open"),
+                ("errand_breaker_consecutive_failures", "Consecutive failed attempts"),
+            )
+        ]
 
     def collect(self) -> Any:
         """Yield the gauges (read at most every :data:`CACHE_S`)."""
         with self._lock:
             at, families = self._cached
             if time.monotonic() - at > CACHE_S:
-                families = self._read()
+                families = self._read() + self._read_breakers()
                 self._cached = (time.monotonic(), families)
         yield from families
 
@@ -87,15 +109,39 @@ class QueueCollector(Collector):
         return [depth, running, retrying, dead, oldest]
 
 
+    def _read_breakers(self) -> list[Any]:
+        is_open = GaugeMetricFamily(
+            "errand_breaker_open",
+            "1 while a circuit breaker is open or half-open (probing), else 0",
+            labels=["breaker", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "errand_breaker_consecutive_failures",
+            "Consecutive failed attempts a circuit breaker has counted",
+            labels=["breaker"],
+        )
+        if self._redis is None:
+            return []
+        try:
+            breakers = list_breakers(self._redis, self._prefix)
+        except Exception:  # a scrape must not fail because Redis blinked
+            return []
+        for breaker in breakers:
+            state = 1.0 if breaker.state in ("open", "half_open") else 0.0
+            is_open.add_metric([breaker.key, breaker.state], state)
+            failures.add_metric([breaker.key], float(breaker.failures))
+        return [is_open, failures]
+
+
 _collector: QueueCollector | None = None
 
 
-def register_queue_collector(engine: Engine) -> None:
-    """Expose the queue gauges read through ``engine`` (one collector per process; a
-    later app in the same process, as in tests, takes it over)."""
+def register_queue_collector(engine: Engine, redis: Any = None, prefix: str = "errand:") -> None:
+    """Expose the queue and breaker gauges (one collector per process; a later app in
+    the same process, as in tests, takes it over)."""
     global _collector
     if _collector is None:
-        _collector = QueueCollector(engine)
+        _collector = QueueCollector(engine, redis, prefix)
         REGISTRY.register(_collector)
     else:
-        _collector.use(engine)
+        _collector.use(engine, redis, prefix)

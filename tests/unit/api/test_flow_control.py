@@ -1,5 +1,6 @@
 """Flow control in dev mode: DAGs, delays, pauses, dedup, per-user caps, breakers."""
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -311,6 +312,10 @@ def test_a_breaker_opens_after_failures_waits_without_attempts_and_closes_on_rec
     )[0]
     assert opened["key"] == "type:flow.fragile"
     assert opened["failures"] >= 3
+    # ... and its state is a metric (the "breaker open" alert and dashboard read it)
+    scraped = running.get("/metrics").text
+    sample = r'errand_breaker_open\{breaker="type:flow.fragile",state="(open|half_open)"\} 1\.0'
+    assert re.search(sample, scraped)
     # Jobs submitted while it is open wait in retrying, reason circuit_open (two: with
     # the first they fill the user's three slots)
     others = [submit(running, "flow.fragile", payload) for _ in range(2)]

@@ -24,6 +24,14 @@ class ApiSettings(CommonSettings):
     max_batch: int = 100
     #: Largest payload of one job, in bytes of JSON.
     max_payload_bytes: int = 262_144
+    #: Grafana's base URL: the dashboard links each job's trace there (Tempo explore).
+    grafana_url: str | None = None
+    #: Where browsers reach the notifier when it is not on the API's origin
+    #: (e.g. ``https://events.example.com``); unset: the same origin (``/socket.io``).
+    notifier_public_url: str | None = None
+    #: Addresses whose X-Forwarded-* headers uvicorn trusts (a proxy or Ingress):
+    #: comma-separated, or ``*``.
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 @lru_cache

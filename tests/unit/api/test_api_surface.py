@@ -1,6 +1,7 @@
 """Listing and search, batches, stats, keys and roles, rate limits and callbacks (dev mode)."""
 
 import concurrent.futures
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -170,10 +171,19 @@ def _count(system: DevSystem) -> int:
 
 
 def test_sensitive_payload_fields_are_masked_outside_the_owners_own_read(
-    api_client: TestClient,
+    api_client: TestClient, make_user: Callable[..., str]
 ) -> None:
     payload = {"user": "ann", "password": "hunter2", "nested": [{"Api_Key": "k"}]}
     job_id = submit(api_client, "noop", payload)
     assert api_client.get(f"/v1/jobs/{job_id}").json()["payload"] == payload
     (listed,) = api_client.get("/v1/jobs", params={"q": job_id}).json()["data"]
-    assert listed["payload"] == {"user": "ann", "password": "***", "nested": [{"Api_Key": "***"}]}
+    masked = {"user": "ann", "password": "***", "nested": [{"Api_Key": "***"}]}
+    assert listed["payload"] == masked
+    # An admin reading another user's job sees it masked too
+    other = make_user("payload-owner")
+    theirs = api_client.post(
+        "/v1/jobs",
+        json={"type": "noop", "payload": payload},
+        headers={"Authorization": f"Bearer {other}"},
+    ).json()["id"]
+    assert api_client.get(f"/v1/jobs/{theirs}").json()["payload"] == masked

@@ -164,9 +164,12 @@ def search_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobPublic:
     """Return a job with its steps, progress, result and error."""
-    found = read_job_public(session, job_id)
-    if found is None or not may_see(found[0], principal):
+    job = session.get(Job, job_id)
+    if job is None or not may_see(job, principal):
         raise JobNotFound(f"No job {job_id}.")
+    # Only the owner reads masked fields in clear (an admin reading another's job does not).
+    found = read_job_public(session, job_id, masked=job.owner_id != principal.user_id)
+    assert found is not None
     return found[1]
 
 

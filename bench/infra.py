@@ -63,6 +63,9 @@ class Resources:
             # but high enough that one benchmark user is never refused.
             "ERRAND_RATE_LIMIT_PER_S": "1000000",
             "ERRAND_RATE_LIMIT_BURST": "1000000",
+            # One benchmark user stands for a whole fleet: no per-user in-flight cap (the
+            # admission bookkeeping still runs on every submission and completion).
+            "ERRAND_MAX_IN_FLIGHT_PER_USER": "0",
         }
 
     def add_vhost(self, suffix: str) -> str:

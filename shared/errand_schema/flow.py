@@ -4,7 +4,8 @@ A ``queued`` job is *admitted* when its wake-up message is sent (``published_at`
 Each user has at most ``max_in_flight`` jobs admitted or running at once; the rest wait
 in PostgreSQL and are admitted as the user's slots free, highest priority first, then
 oldest. So one user's flood of 10,000 jobs holds only a few broker messages, and another
-user's job starts after at most one job duration.
+user's job starts after at most one job duration. A held job (``held_at`` set) is never
+admitted until it is released.
 
 The functions here run inside the caller's transaction; the caller sends the returned
 jobs' messages after the commit (see :func:`message_for`).
@@ -80,6 +81,8 @@ def admit(
     session: Session, owner_id: uuid.UUID, default_cap: int, now: datetime | None = None
 ) -> list[Job]:
     """Mark the user's next waiting jobs admitted, up to the free slots; return them."""
+    if not _has_waiting(session, owner_id):
+        return []  # the common case after a job ends: one indexed probe, no lock
     lock_owner(session, owner_id)
     cap = user_cap(session, owner_id, default_cap)
     limit = ADMIT_BATCH if cap <= 0 else min(ADMIT_BATCH, cap - in_flight(session, owner_id))
@@ -93,6 +96,7 @@ def admit(
             col(Job.status) == JobStatus.QUEUED,
             col(Job.published_at).is_(None),
             col(Job.lease_owner).is_(None),
+            col(Job.held_at).is_(None),
         )
         .order_by(PRIORITY_RANK, col(Job.created_at))
         .limit(limit)
@@ -110,11 +114,29 @@ def admit(
     return jobs
 
 
+def _has_waiting(session: Session, owner_id: uuid.UUID) -> bool:
+    stmt = (
+        select(Job.id)
+        .where(
+            col(Job.owner_id) == owner_id,
+            col(Job.status) == JobStatus.QUEUED,
+            col(Job.published_at).is_(None),
+            col(Job.held_at).is_(None),
+        )
+        .limit(1)
+    )
+    return session.exec(stmt).first() is not None
+
+
 def owners_waiting(session: Session, limit: int = 500) -> list[uuid.UUID]:
     """Return users that have queued jobs not admitted yet."""
     stmt = (
         select(Job.owner_id)
-        .where(col(Job.status) == JobStatus.QUEUED, col(Job.published_at).is_(None))
+        .where(
+            col(Job.status) == JobStatus.QUEUED,
+            col(Job.published_at).is_(None),
+            col(Job.held_at).is_(None),
+        )
         .distinct()
         .limit(limit)
     )

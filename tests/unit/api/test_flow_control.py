@@ -9,9 +9,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
+from typer.testing import CliRunner
 
+from errand import cli_jobs
+from errand.cli import app as cli_app
+from errand.client import ErrandClient
 from errand.dev import DevSystem
 from errand_schema.models import Job, User
 
@@ -165,6 +170,12 @@ def _refused_while_paused(dev_system: DevSystem, job_id: str) -> bool:
 def test_a_paused_queue_runs_nothing_and_resume_runs_its_jobs_in_order(
     running: TestClient, dev_system: DevSystem
 ) -> None:
+    # (one job in flight at a time, so the order of admission is the order of running)
+    with Session(dev_system.engine) as s:
+        admin = s.exec(select(User).where(User.role == "admin")).one()
+        admin.max_in_flight = 1
+        s.add(admin)
+        s.commit()
     assert running.post("/v1/admin/pause", json={"queue": "flow"}).status_code == 200
     dev_system.runtime.gates.forget_pauses()  # type: ignore[union-attr]
     low = submit(running, "flow.nap", {"seconds": 0}, priority="low")
@@ -179,7 +190,7 @@ def test_a_paused_queue_runs_nothing_and_resume_runs_its_jobs_in_order(
     assert resumed["resumed"] is True
     done_low, done_high = wait_status(running, low), wait_status(running, high)
     assert done_low["status"] == done_high["status"] == "completed"
-    assert _at(done_high["started_at"]) <= _at(done_low["started_at"])
+    assert _at(done_high["finished_at"]) <= _at(done_low["started_at"])
     assert running.get("/v1/admin/pauses").json() == []
 
 
@@ -341,3 +352,34 @@ def test_a_breaker_opens_after_failures_waits_without_attempts_and_closes_on_rec
     # Waiting spent no attempt: every attempt of every job is one call
     for job_id in [first, *others]:
         assert len(attempts(dev_system, job_id)) == sum(c[0] == job_id for c in made)
+
+
+# --- the CLI ------------------------------------------------------------------------
+
+
+def test_errand_pause_resume_pauses_and_breakers(
+    api_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class InProcessClient(ErrandClient):
+        def __init__(self, _url: str, _key: str) -> None:
+            self._http = api_client  # type: ignore[assignment]
+
+        def close(self) -> None:
+            """The test client outlives each command."""
+
+    monkeypatch.setattr(cli_jobs, "ErrandClient", InProcessClient)
+    monkeypatch.setenv("ERRAND_API_KEY", "from-the-test-client")
+    cli = CliRunner()
+    paused = cli.invoke(cli_app, ["pause", "--queue", "flow"])
+    assert paused.exit_code == 0, paused.output
+    assert "paused queue flow" in paused.output
+    assert "flow" in cli.invoke(cli_app, ["pauses"]).output
+    assert cli.invoke(cli_app, ["pause", "--queue", "a", "--type", "b"]).exit_code == 2
+    resumed = cli.invoke(cli_app, ["resume", "--queue", "flow"])
+    assert "resumed queue flow" in resumed.output
+    assert api_client.get("/v1/admin/pauses").json() == []
+    listed = cli.invoke(cli_app, ["breakers"])
+    assert listed.exit_code == 0
+    assert "breaker" in listed.output
+    missing = cli.invoke(cli_app, ["breakers", "--close", "type:none"])
+    assert missing.exit_code == 1

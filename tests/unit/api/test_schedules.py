@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from errand import cli_schedules
+from errand import cli_jobs
 from errand.cli import app as cli_app
 from errand.client import ErrandClient
 from errand.dev import DevSystem
@@ -351,7 +351,7 @@ def cli(api_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         def close(self) -> None:
             """The test client outlives each command."""
 
-    monkeypatch.setattr(cli_schedules, "ErrandClient", InProcessClient)
+    monkeypatch.setattr(cli_jobs, "ErrandClient", InProcessClient)
     monkeypatch.setenv("ERRAND_API_KEY", "from-the-test-client")
     return CliRunner()
 

@@ -10,12 +10,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from errand_api import metrics
-from errand_api.admission import settle
+from errand_api.admission import admit, publish_admitted, settle
 from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, JobNotFound, RateLimited
 from errand_api.idempotency import find_job_for_key, remember_key, request_hash
 from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
-from errand_api.search import Sort, job_filters, list_jobs
+from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
 from errand_schema.models import Job, User
@@ -26,10 +26,16 @@ from errand_schema.views import JobPublic, job_public, read_job_public
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+#: ``label=key:value`` filters (repeatable: a job must carry all of them).
+LabelQuery = Annotated[
+    list[str] | None,
+    Query(description="`key:value`; repeat it to require several labels (at most 20)."),
+]
 #: The 404 every job route answers for a missing job and for another user's.
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job (or not yours)"}}
 _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed JSON"},
+    403: {"description": "The job type needs a role you do not have"},
     409: {"description": "Idempotency-Key reused with another body"},
     413: {"description": "Body too large"},
     422: {"description": "Invalid job"},
@@ -63,6 +69,8 @@ def submit_job(
     job = created.job
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
+    # Admitted in the same transaction: one commit, then the message.
+    admitted = admit(services, session, job.owner_id) if created.new else []
     try:
         session.commit()
     except IntegrityError:
@@ -80,7 +88,8 @@ def submit_job(
         settle(services, session)
         return job_public(job, created.steps)
     services.events.publish([created.event] if created.event else [])
-    settle(services, session, [job.owner_id])
+    publish_admitted(services, session, admitted)
+    settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) %s", job.id, job.type, job.status)
     return job_public(job, created.steps)
@@ -138,6 +147,7 @@ def search_jobs(
         str | None, Query(max_length=200, description="Text in the type, id or error.")
     ] = None,
     owner: Annotated[uuid.UUID | None, Query(description="Admins: one user's jobs.")] = None,
+    label: LabelQuery = None,
     sort: Sort = "created_desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -152,6 +162,7 @@ def search_jobs(
         created_before=created_before,
         q=q,
         owner=owner,
+        labels=parse_labels(label),
     )
     jobs, steps, next_cursor = list_jobs(session, where, sort=sort, limit=limit, cursor=cursor)
     return JobsPublic(

@@ -124,3 +124,24 @@ class Infra:
             "ERRAND_ALLOW_PRIVATE_URLS": "true",
             "ERRAND_SIGNING_SECRET": TEST_SIGNING_SECRET,
         }
+
+
+def rss_mb(pid: int) -> float:
+    """Return the resident memory of process ``pid`` in MiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def metric_value(metrics_url: str, name: str, **labels: str) -> float:
+    """Return one sample of a Prometheus text endpoint (0.0 when it is absent)."""
+    # local: only the real-time tests parse metrics; the shared import block stays as is
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(metrics_url, timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

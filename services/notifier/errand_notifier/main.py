@@ -1,10 +1,12 @@
-"""The notifier's ASGI app: Socket.IO plus ``/healthz`` and ``/readyz``."""
+"""The notifier's ASGI app: Socket.IO plus ``/healthz``, ``/readyz`` and ``/metrics``."""
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from errand_notifier.hub import Hub, hub_of
 from errand_notifier.server import create_server, run_relay
 from errand_notifier.settings import NotifierSettings, get_settings
 from errand_notifier.store import Store
@@ -27,15 +30,17 @@ def create_app(
     engine = engine or create_db_engine(settings.database_url)
     redis = redis if redis is not None else Redis.from_url(settings.redis_url)
     sio = create_server(settings, engine)
+    hub = hub_of(sio)
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> JSONResponse:
         checks = {"database": _db_ok(engine), "redis": await _redis_ok(redis)}
-        ok = all(checks.values())
+        ok = all(checks.values()) and not hub.draining
+        status = "draining" if hub.draining else "ready" if ok else "unavailable"
         return JSONResponse(
-            {"status": "ready" if ok else "unavailable", "checks": checks},
+            {"status": status, "checks": checks, "connections": hub.fanout.client_count()},
             status_code=200 if ok else 503,
         )
 
@@ -76,10 +81,28 @@ async def _redis_ok(redis: Any) -> bool:
         return False
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but on SIGTERM/SIGINT the clients are first told to reconnect elsewhere.
+
+    uvicorn would otherwise close every websocket at once (code 1012) and only then run
+    the lifespan shutdown, too late to say anything.
+    """
+
+    def __init__(self, config: uvicorn.Config, hub: Hub, drain_s: float) -> None:
+        super().__init__(config)
+        self._hub = hub
+        self._drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain the Socket.IO clients, then shut down as uvicorn does."""
+        await self._hub.drain(self._drain_s)
+        await super().shutdown(sockets)
+
+
 def serve() -> None:
     """Run the notifier under uvicorn with settings from the environment."""
-    import uvicorn  # local: only the process entry point needs the server
-
     settings = get_settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+    _DrainingServer(config, hub_of(app.engineio_server), settings.shutdown_drain_s).run()

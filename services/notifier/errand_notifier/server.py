@@ -1,14 +1,15 @@
-"""Builds the Socket.IO server and the ASGI app around it."""
+"""Builds the Socket.IO server and runs the replica's background loops."""
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import socketio
 from sqlalchemy import Engine
 
+from errand_notifier.hub import Hub, hub_of
 from errand_notifier.metrics import register_room_collector
 from errand_notifier.namespace import JobsNamespace
 from errand_notifier.relay import Relay
@@ -24,11 +25,17 @@ logger = logging.getLogger(__name__)
 def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncServer:
     """Return the Socket.IO server with the jobs namespace registered."""
     origins: Any = "*" if settings.cors_origins == ["*"] else settings.cors_origins
-    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=origins)
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins=origins,
+        ping_interval=settings.ping_interval_s,
+        ping_timeout=settings.ping_timeout_s,
+    )
     configure_masking(settings.masked_fields)
     jwt_config = settings.jwt_config()
     verifier = JwtVerifier(jwt_config) if jwt_config else None
-    sio.register_namespace(JobsNamespace(Store(engine, verifier), settings.max_replay))
+    hub = Hub(sio, Store(engine, verifier), settings)
+    sio.register_namespace(JobsNamespace(hub))
     register_room_collector(sio)
     if configure_tracing(
         "errand-notifier",
@@ -43,13 +50,26 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
 async def run_relay(
     sio: socketio.AsyncServer, redis: Any, settings: NotifierSettings
 ) -> AsyncIterator[Relay]:
-    """Run the stream relay for the lifetime of the block."""
-    relay = Relay(sio, redis, settings.redis_prefix, settings.stream_block_ms)
-    task = asyncio.create_task(relay.run(), name="errand-relay")
+    """Run the stream relay, the catch-up, the progress flusher and the feeds for the
+    lifetime of the block."""
+    hub: Hub = hub_of(sio)
+    relay = Relay(hub.deliver, redis, settings.redis_prefix, settings.stream_block_ms)
+    loops: dict[str, Coroutine[Any, Any, None]] = {
+        "errand-relay": relay.run(),
+        "errand-catchup": hub.catchup.run(
+            relay, settings.resync_interval_s, settings.resync_sweep_s
+        ),
+        "errand-flusher": hub.fanout.run_flusher(),
+        "errand-admin-feed": hub.feeds.run_admin(),
+        "errand-user-feed": hub.feeds.run_users(),
+    }
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
     try:
         await asyncio.wait_for(relay.ready.wait(), timeout=10)
         yield relay
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -6,11 +6,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
+from errand_notifier import stats
 from errand_schema.auth import Principal, ensure_bootstrap_admin
 from errand_schema.events import JobEventMessage
 from errand_schema.jwt_auth import JwtVerifier, authenticate_token
+from errand_schema.models import Job
 from errand_schema.views import read_events_after, read_job_public
 
 
@@ -20,8 +22,23 @@ class Snapshot:
 
     job: dict[str, Any]
     missed: list[dict[str, Any]]
-    #: True when more events were missed than one ack carries.
+    #: True when more events were missed than one ack carries: ``job`` is then the
+    #: state to trust, and ``missed`` only the oldest of them.
     truncated: bool
+
+    @property
+    def seq(self) -> int:
+        """The highest seq the ack covers."""
+        last_missed = int(self.missed[-1]["seq"]) if self.missed else 0
+        return max(int(self.job["seq"]), last_missed)
+
+
+@dataclass(frozen=True)
+class JobHead:
+    """Who owns a job and its latest seq."""
+
+    owner_id: uuid.UUID
+    seq: int
 
 
 class Store:
@@ -61,3 +78,31 @@ class Store:
             )
         missed = [JobEventMessage.from_row(r, job.owner_id).to_client() for r in rows[:limit]]
         return Snapshot(view.model_dump(mode="json"), missed, len(rows) > limit)
+
+    def job_heads(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobHead]:
+        """Return the owner and latest seq of each job that exists."""
+        if not job_ids:
+            return {}
+        with Session(self._engine) as session:
+            rows = session.exec(
+                select(Job.id, Job.owner_id, Job.seq).where(col(Job.id).in_(job_ids))
+            ).all()
+        return {job_id: JobHead(owner, seq) for job_id, owner, seq in rows}
+
+    def events_after(
+        self, job_id: uuid.UUID, owner_id: uuid.UUID, after_seq: int, limit: int
+    ) -> list[JobEventMessage]:
+        """Return the job's events after ``after_seq`` as wire events, oldest first."""
+        with Session(self._engine) as session:
+            rows = read_events_after(session, job_id, after_seq, limit)
+        return [JobEventMessage.from_row(r, owner_id) for r in rows]
+
+    def user_stats(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """Return the ``user_stats`` feed of each user (unfinished jobs by status)."""
+        with Session(self._engine) as session:
+            return stats.user_stats(session, user_ids)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Return the ``queue_stats`` feed of the admin room."""
+        with Session(self._engine) as session:
+            return stats.queue_stats(session)

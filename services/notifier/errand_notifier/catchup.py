@@ -1,0 +1,94 @@
+"""Reads back from PostgreSQL the events of subscribed jobs that the stream missed.
+
+The stream is the live feed, ``job_events`` the record. An event that never reached the
+stream (Redis down, or restarted empty) would leave a subscriber with a stale final
+state, since nothing after it would reveal the gap. So each replica compares the
+latest seq of every job it holds a room for with the highest seq it delivered, and
+delivers what is missing: every ``resync_interval_s`` while the stream is down, at
+once when it is back, and every ``sweep_s`` otherwise.
+"""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import anyio.to_thread
+import socketio
+
+from errand_notifier import metrics, transport
+from errand_notifier.relay import Deliver, Relay
+from errand_notifier.rooms import job_id_of_room
+from errand_notifier.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: Jobs looked up per query.
+CHUNK = 500
+
+
+class CatchUp:
+    """Keeps, per held job, the highest seq delivered, and fills gaps from PostgreSQL."""
+
+    def __init__(
+        self, sio: socketio.AsyncServer, store: Store, deliver: Deliver, max_replay: int
+    ) -> None:
+        self._sio = sio
+        self._store = store
+        self._deliver = deliver
+        self._max_replay = max_replay
+        #: Highest seq delivered (or acked) per job with a local room.
+        self.cursors: dict[uuid.UUID, int] = {}
+
+    def note(self, job_id: uuid.UUID, seq: int) -> None:
+        """Record that ``seq`` of a job reached this replica's clients."""
+        if seq > self.cursors.get(job_id, 0):
+            self.cursors[job_id] = seq
+
+    async def run_once(self) -> int:
+        """Deliver what the held jobs miss; return how many events were read back."""
+        held = {j for r in transport.local_rooms(self._sio) if (j := job_id_of_room(r))}
+        for gone in self.cursors.keys() - held:
+            del self.cursors[gone]
+        ids = list(held)
+        resent = 0
+        for start in range(0, len(ids), CHUNK):
+            heads = await anyio.to_thread.run_sync(
+                self._store.job_heads, ids[start : start + CHUNK]
+            )
+            for job_id, head in heads.items():
+                known = self.cursors.get(job_id)
+                if known is None or head.seq <= known:
+                    self.cursors.setdefault(job_id, head.seq)
+                    continue
+                events = await anyio.to_thread.run_sync(
+                    self._store.events_after, job_id, head.owner_id, known, self._max_replay
+                )
+                for event in events:
+                    await self._deliver(event)
+                    self.note(job_id, event.seq)
+                resent += len(events)
+        if resent:
+            metrics.RESYNCED_EVENTS.inc(resent)
+            logger.info("read back %d events the stream missed", resent)
+        return resent
+
+    async def run(self, relay: Relay, interval_s: float, sweep_s: float) -> None:
+        """Catch up while ``relay``'s stream is down, after it recovers, and every
+        ``sweep_s`` (0: never) otherwise; until cancelled."""
+        since_sweep = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(relay.recovered.wait(), interval_s)
+            since_sweep += interval_s
+            due = not relay.stream_up or relay.recovered.is_set()
+            if sweep_s and since_sweep >= sweep_s:
+                due = True
+            if not due:
+                continue
+            relay.recovered.clear()
+            since_sweep = 0.0
+            try:
+                await self.run_once()
+            except Exception:  # a process boundary: PostgreSQL may be down too
+                logger.warning("catching up from PostgreSQL failed", exc_info=True)

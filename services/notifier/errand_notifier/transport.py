@@ -1,0 +1,99 @@
+"""The few python-socketio / python-engineio internals the notifier relies on.
+
+Kept in one module so a library upgrade has one place to check (verified with
+python-socketio 5.18 and python-engineio 4.15):
+
+- ``AsyncManager.emit`` starts one asyncio task per recipient; the fan-out here encodes
+  a packet once and puts it on each recipient's Engine.IO queue directly instead
+  (``AsyncSocket.send`` never waits: the queue is unbounded).
+- That queue (``AsyncSocket.queue``) is the client's outgoing buffer. Its writer task
+  blocks while the client's TCP window is full, so its length is how far behind the
+  client is; the notifier bounds it.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+#: The only namespace the notifier serves.
+NAMESPACE = "/"
+
+
+def encode_event(sio: socketio.AsyncServer, event: str, data: Any) -> eio_packet.Packet:
+    """Return the Engine.IO packet of one Socket.IO event (encode once, send to many)."""
+    pkt = sio.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data])
+    encoded = pkt.encode()
+    if isinstance(encoded, list):  # binary attachments: never in JSON job events
+        raise TypeError("binary Socket.IO events are not supported here")
+    return eio_packet.Packet(eio_packet.MESSAGE, encoded)
+
+
+def participants(sio: socketio.AsyncServer, rooms: list[str]) -> Iterator[tuple[str, str]]:
+    """Yield ``(sid, eio_sid)`` of every local member of any of ``rooms``, once each."""
+    yield from sio.manager.get_participants(NAMESPACE, rooms)
+
+
+def room_size(sio: socketio.AsyncServer, room: str) -> int:
+    """Return how many local clients are in ``room``."""
+    members = sio.manager.rooms.get(NAMESPACE, {}).get(room)
+    return len(members) if members else 0
+
+
+def local_rooms(sio: socketio.AsyncServer) -> list[str]:
+    """Return the named rooms with local members."""
+    return [r for r, m in sio.manager.rooms.get(NAMESPACE, {}).items() if r is not None and m]
+
+
+def eio_sid_of(sio: socketio.AsyncServer, sid: str) -> str | None:
+    """Return the Engine.IO session of a Socket.IO session."""
+    eio_sid: str | None = sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+    return eio_sid
+
+
+def eio_socket(sio: socketio.AsyncServer, eio_sid: str) -> Any | None:
+    """Return the open Engine.IO socket of a session, or ``None``."""
+    sock = sio.eio.sockets.get(eio_sid)
+    if sock is None or sock.closed or sock.closing:
+        return None
+    return sock
+
+
+def queued_packets(sock: Any) -> int:
+    """Return how many packets wait to be written to a client."""
+    return int(sock.queue.qsize())
+
+
+async def send_packet(sock: Any, pkt: eio_packet.Packet) -> None:
+    """Queue one packet for a client (never waits for the network)."""
+    await sock.send(pkt)
+
+
+async def evict(sio: socketio.AsyncServer, eio_sid: str, last_words: eio_packet.Packet) -> None:
+    """Drop a client's backlog, queue ``last_words`` and close it without waiting.
+
+    Note:
+        The backlog is freed at once. The TCP connection of a client that never reads
+        stays until the kernel gives up on it, holding at most one transport buffer.
+    """
+    sock = sio.eio.sockets.get(eio_sid)
+    if sock is None:
+        return
+    while True:
+        try:
+            sock.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        sock.queue.task_done()
+    disconnect = sio.packet_class(sio_packet.DISCONNECT, namespace=NAMESPACE).encode()
+    for pkt in (last_words, eio_packet.Packet(eio_packet.MESSAGE, disconnect)):
+        sock.queue.put_nowait(pkt)
+    sock.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+    # abort: the CLOSE packet is queued above; close() must not wait on the queue.
+    await sock.close(wait=False, abort=True, reason=sio.eio.reason.SERVER_DISCONNECT)
+    with contextlib.suppress(KeyError):
+        del sio.eio.sockets[eio_sid]

@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 COV_ARGS = --cov=errand_schema --cov=errand_api --cov=errand_worker --cov=errand_notifier \
            --cov=errand --cov-report=term:skip-covered --cov-fail-under=70
 
-.PHONY: help install dev test test-unit lint format services bench clean
+.PHONY: help install dev test test-unit lint format services chromium bench clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,10 @@ dev: install  ## Run everything in one process (SQLite, in-memory broker); print
 services:  ## Make sure RabbitMQ, PostgreSQL and Redis are reachable (start local ones)
 	./scripts/ensure-services.sh
 
-test: install services  ## Install, check services, run the whole test suite
+chromium:  ## Install Debian's headless Chromium for the browser tests when it is missing
+	./scripts/ensure-chromium.sh
+
+test: install services chromium  ## Install, check services, run the whole test suite
 	$(UV) run pytest $(if $(CI),$(COV_ARGS),) $(PYTEST_ARGS)
 
 test-unit: install  ## Only the tests that need no services

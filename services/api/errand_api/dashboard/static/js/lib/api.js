@@ -1,0 +1,54 @@
+// The HTTP API, with the signed-in key. Errors are RFC 9457 problems: ApiError
+// carries the status and the problem's title and detail for the person to read.
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.name = "ApiError";
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+/**
+ * Build an API client.
+ * @param {() => string | null} getToken the current key
+ * @param {() => void} onUnauthorized called on a 401 (the key was revoked)
+ */
+export function createApi(getToken, onUnauthorized = () => {}) {
+  async function request(method, path, { query, body } = {}) {
+    const url = new URL(path, window.location.origin);
+    for (const [name, value] of Object.entries(query || {})) {
+      if (value === null || value === undefined || value === "") continue;
+      for (const item of Array.isArray(value) ? value : [value]) {
+        url.searchParams.append(name, String(item));
+      }
+    }
+    const headers = { Accept: "application/json" };
+    const token = getToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new ApiError(0, { title: "Network error", detail: "The API could not be reached." });
+    }
+    if (response.status === 401) onUnauthorized();
+    if (!response.ok) {
+      const problem = await response.json().catch(() => ({}));
+      throw new ApiError(response.status, problem);
+    }
+    return response.status === 204 ? null : response.json();
+  }
+  return {
+    get: (path, query) => request("GET", path, { query }),
+    post: (path, body = {}) => request("POST", path, { body }),
+    delete: (path) => request("DELETE", path),
+  };
+}

@@ -1,0 +1,85 @@
+"""The end-user demo page (``/demo``) in headless Chromium: a product page that starts a
+multi-step job and follows it with the JavaScript client (``watchJob``)."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from browser_support import BrowserPage, DevServer, sign_in
+
+pytestmark = pytest.mark.e2e
+
+#: How long a demo report may take to reach a state the test waits for, in ms.
+JOB_TIMEOUT_MS = 30_000
+
+
+def test_a_report_started_on_the_demo_page_reaches_100_percent_and_toasts(
+    ui: BrowserPage, dev_server: DevServer
+) -> None:
+    page = ui.page
+    sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
+    indicator = page.locator("#running-indicator")
+    expect(indicator).to_have_text("No jobs running")
+    # When a report is started
+    page.get_by_role("button", name="Generate report").click()
+    card = page.locator("#reports .job-card").first
+    expect(card).to_be_visible()
+    job_id = card.get_attribute("data-job-id")
+    assert job_id
+    # Then the header counts it while it runs, with the current step under the bar
+    expect(indicator).to_have_text("1 job running")
+    expect(card.locator(".current-step")).to_have_text(re.compile(r"Step \d of 4: \w+"))
+    bar = card.get_by_role("progressbar")
+    # and the bar reaches 100% and a toast offers to view the result
+    expect(bar).to_have_attribute("aria-valuenow", "100", timeout=JOB_TIMEOUT_MS)
+    toast = page.locator(".toast", has_text="is ready")
+    expect(toast).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(indicator).to_have_text("No jobs running")
+    ui.screenshot("demo-completed")
+    toast.get_by_role("button", name="View").click()
+    dialog = page.get_by_role("dialog", name="Report")
+    expect(dialog).to_contain_text("completed")
+    expect(dialog).to_contain_text("completed_steps")
+    ui.screenshot("demo-result")
+    dialog.get_by_role("button", name="Close").click()
+    assert dev_server.job(job_id)["status"] == "completed"
+    ui.assert_no_console_errors()
+
+
+def test_the_demo_page_toasts_failures_and_cancellations(
+    ui: BrowserPage, dev_server: DevServer
+) -> None:
+    page = ui.page
+    sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
+    # A report told to fail at its render step ends with an error toast
+    page.get_by_label("Fail at the render step").check()
+    page.get_by_role("button", name="Generate report").click()
+    failed = page.locator(".toast[data-kind='error']", has_text="failed")
+    expect(failed).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(failed).to_contain_text("render")
+    # A long report cancelled from its card ends with a cancellation toast
+    page.get_by_label("Fail at the render step").uncheck()
+    page.get_by_label("Size").select_option("long")
+    page.get_by_role("button", name="Generate report").click()
+    card = page.locator("#reports .job-card").first
+    expect(card.locator(".status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#running-indicator")).to_have_text("1 job running")
+    card.get_by_role("button", name=re.compile("Cancel report")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel report").click()
+    expect(page.locator(".toast", has_text="was cancelled")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(card.locator(".status")).to_have_text("cancelled")
+    expect(page.locator("#running-indicator")).to_have_text("No jobs running")
+    ui.screenshot("demo-failed-and-cancelled")
+    ui.assert_no_console_errors()
+
+
+def test_the_demo_page_fits_a_phone(phone_ui: BrowserPage, dev_server: DevServer) -> None:
+    page = phone_ui.page
+    sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
+    page.get_by_role("button", name="Generate report").click()
+    bar = page.locator("#reports .job-card").first.get_by_role("progressbar")
+    expect(bar).to_have_attribute("aria-valuenow", "100", timeout=JOB_TIMEOUT_MS)
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    phone_ui.screenshot("demo-phone")
+    phone_ui.assert_no_console_errors()

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from errand import cli_flow, cli_jobs, cli_schedules
+from errand import cli_everyday, cli_flow, cli_jobs, cli_schedules
 from errand.client import FINAL_STATUSES, ErrandClient, ErrandError
 from errand.progress import JobProgress
 from errand.settings import ClientSettings
@@ -27,6 +27,10 @@ app.command()(cli_flow.pause)
 app.command()(cli_flow.resume)
 app.command()(cli_flow.pauses)
 app.command()(cli_flow.breakers)
+app.command()(cli_everyday.failures)
+app.command()(cli_everyday.hold)
+app.command()(cli_everyday.release)
+app.command()(cli_everyday.export)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -143,7 +147,9 @@ def _follow(
     bars = JobProgress(console)
     bars.add(job_id, f"{job['type']} {job_id[:8]}")
     with bars.progress:
-        watcher = JobWatcher(str(settings.notifier_url), key, on_event=bars.update)
+        watcher = JobWatcher(
+            str(settings.notifier_url), key, on_event=bars.update, api_url=str(settings.url)
+        )
         try:
             watcher.connect()
         except Exception as exc:  # no notifier: fall back to polling

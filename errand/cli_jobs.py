@@ -77,7 +77,9 @@ def watch(
             bars.add(job_id, f"{job['type']} {job_id[:8]}")
             bars.update(job)
         with bars.progress:
-            watcher = JobWatcher(str(settings.notifier_url), key, on_event=bars.update)
+            watcher = JobWatcher(
+                str(settings.notifier_url), key, on_event=bars.update, api_url=str(settings.url)
+            )
             try:
                 watcher.connect()
             except Exception as exc:  # no notifier: fall back to polling

@@ -1,6 +1,7 @@
 """A small Python client for the Errand HTTP API."""
 
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -142,6 +143,35 @@ class ErrandClient:
     def workflow(self, workflow_id: uuid.UUID | str) -> dict[str, Any]:
         """A workflow's jobs, counts and overall status."""
         return self._json(self._http.get(f"/v1/workflows/{workflow_id}"))
+
+    def hold(self, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """Hold a job: it keeps its place but does not run (a running one stops at its
+        next step boundary)."""
+        return self._json(self._http.post(f"/v1/jobs/{job_id}/hold"))
+
+    def release(self, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """Release a held job: it runs again from where it stopped."""
+        return self._json(self._http.post(f"/v1/jobs/{job_id}/release"))
+
+    def failures(self, *, since_s: float = 86_400, job_type: str | None = None) -> dict[str, Any]:
+        """Failed attempts grouped by type, step and error fingerprint (admins)."""
+        params: dict[str, Any] = {"since_s": since_s}
+        if job_type:
+            params["type"] = job_type
+        return self._json(self._http.get("/v1/admin/failures", params=params))
+
+    def export(
+        self, *, fmt: str = "ndjson", events: bool = False, **filters: Any
+    ) -> Iterator[bytes]:
+        """Stream the jobs matching ``filters`` (``status``, ``type``, ``label`` as a list
+        of ``key:value``...) as NDJSON or CSV bytes."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        params.update(format=fmt, events=str(events).lower())
+        with self._http.stream("GET", "/v1/jobs:export", params=params, timeout=None) as resp:
+            if resp.is_error:
+                resp.read()
+                self._json(resp)
+            yield from resp.iter_bytes()
 
     def _list(self, response: httpx.Response) -> list[dict[str, Any]]:
         if response.is_error:

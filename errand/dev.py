@@ -93,6 +93,7 @@ def build_dev_system(
     redis = fakeredis.FakeRedis(server=server)
     broker = StubBroker(middleware=worker_middleware())
     options = {"metrics_port": 0, **(worker_options or {})}  # the API serves /metrics
+    options.setdefault("threads", threads)
     worker_settings = WorkerSettings(
         **common, worker_name="dev", job_modules=job_modules or [], **options
     )

@@ -40,6 +40,9 @@ class EventType(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    #: A job was held (it keeps its place, does not run) or released.
+    HELD = "held"
+    RELEASED = "released"
 
 
 class JobEventMessage(BaseModel):

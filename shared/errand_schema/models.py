@@ -113,6 +113,10 @@ class JobType(SQLModel, table=True):
     concurrency_limit: int | None = None
     #: Circuit breaker of the type: {"failures": N, "cooldown_s": S, "per": "type"|"host"}.
     breaker: dict[str, Any] | None = Field(default=None, sa_type=JsonType)
+    #: A completed job's result is reused for the same payload this long (NULL: never).
+    reuse_result_s: float | None = None
+    #: Roles allowed to submit jobs of this type (NULL: everybody).
+    roles: list[str] | None = Field(default=None, sa_type=JsonType)
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
     )
@@ -189,6 +193,16 @@ class Job(SQLModel, table=True):
         default=None, foreign_key="schedules.id", ondelete="SET NULL"
     )
     scheduled_for: datetime | None = _ts()
+    #: String labels set at submission (``{"context_id": "..."}``), filterable.
+    labels: dict[str, str] | None = Field(default=None, sa_type=JsonType)
+    #: SHA-256 of the canonical payload, for types whose results are reused.
+    payload_hash: str | None = Field(default=None, max_length=64, index=True)
+    #: The job whose result this one reused instead of running (it may be gone since).
+    result_reused_from: uuid.UUID | None = None
+    #: Held by an owner or operator: not admitted (or stopped at its next step boundary)
+    #: until released.
+    held_at: datetime | None = _ts()
+    held_by: str | None = Field(default=None, max_length=200)
 
 
 class JobStep(SQLModel, table=True):
@@ -231,8 +245,9 @@ class JobAttempt(SQLModel, table=True):
     error_type: str | None = Field(default=None, max_length=200)
     error_message: str | None = None
     traceback: str | None = None
+    #: Indexed: the failure report reads the attempts of a time window.
     started_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False, index=True)
     )
     finished_at: datetime | None = _ts()
     duration_ms: float | None = None

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
+from errand_schema.estimates import Estimate
 from errand_schema.masking import mask_payload
 from errand_schema.models import Job, JobEvent, JobStep
 
@@ -21,6 +22,8 @@ class StepPublic(BaseModel):
     error: dict[str, Any] | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: Expected duration of the step (s), learned from recent runs of the type.
+    expected_s: float | None = None
 
 
 class JobPublic(BaseModel):
@@ -58,6 +61,34 @@ class JobPublic(BaseModel):
     seq: int
     #: The trace of the request that submitted the job (open it in Grafana/Tempo).
     trace_id: str | None = None
+    #: Expected start and finish while queued or running (None without history).
+    estimated_start_at: datetime | None = None
+    estimated_finish_at: datetime | None = None
+    #: String labels set at submission.
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: When the job was held (it does not run until released); None when not held.
+    held_at: datetime | None = None
+    #: The job whose cached result this one reused instead of running.
+    result_reused_from: uuid.UUID | None = None
+
+
+def with_estimate(view: JobPublic, estimate: Estimate) -> JobPublic:
+    """Return ``view`` with the estimate's start, finish and step durations filled in."""
+    steps = [
+        step.model_copy(
+            update={
+                "expected_s": estimate.step_seconds[i] if i < len(estimate.step_seconds) else None
+            }
+        )
+        for i, step in enumerate(view.steps)
+    ]
+    return view.model_copy(
+        update={
+            "estimated_start_at": estimate.start_at,
+            "estimated_finish_at": estimate.finish_at,
+            "steps": steps,
+        }
+    )
 
 
 def job_public(job: Job, steps: list[JobStep], *, masked: bool = False) -> JobPublic:
@@ -100,6 +131,9 @@ def job_public(job: Job, steps: list[JobStep], *, masked: bool = False) -> JobPu
         finished_at=job.finished_at,
         seq=job.seq,
         trace_id=job.trace_id,
+        labels=job.labels or {},
+        held_at=job.held_at,
+        result_reused_from=job.result_reused_from,
     )
 
 

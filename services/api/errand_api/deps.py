@@ -1,7 +1,7 @@
 """FastAPI dependencies: settings, database session, the caller, shared services."""
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import dramatiq
@@ -17,6 +17,7 @@ from errand_api.ratelimit import TokenBucket
 from errand_api.settings import ApiSettings
 from errand_api.submission import SubmissionRules
 from errand_schema.auth import Principal
+from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier, authenticate_token
 
@@ -37,6 +38,8 @@ class Services:
     jwt: JwtVerifier | None = None
     #: The Redis client (breakers, pauses' readers); ``memory://`` in dev mode.
     redis: Any = None
+    #: Start and finish estimates of queued and running jobs.
+    estimator: Estimator = field(default_factory=Estimator)
 
 
 class RedisPing:

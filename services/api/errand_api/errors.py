@@ -70,6 +70,14 @@ class JobNotRetryable(ApiError):
     title = "Job not retryable"
 
 
+class JobNotHoldable(ApiError):
+    """The job is finished; there is nothing to hold."""
+
+    status_code = 409
+    code = "job_not_holdable"
+    title = "Job not holdable"
+
+
 class IdempotencyConflict(ApiError):
     """An Idempotency-Key reused with a different body."""
 

@@ -1,14 +1,14 @@
-"""Changing a job from outside: cancel, retry or requeue it, purge it from the DLQ."""
+"""Changing a job from outside: cancel, hold, release, retry or requeue it."""
 
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from errand_api.errors import JobNotCancellable, JobNotRetryable
-from errand_schema.events import JobEventMessage
+from errand_api.errors import JobNotCancellable, JobNotHoldable, JobNotRetryable
+from errand_schema.events import EventType, JobEventMessage
 from errand_schema.models import Job, JobStep, utcnow
 from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
-from errand_schema.transition import transition_job
+from errand_schema.transition import append_event, transition_job
 
 #: Statuses a job can be retried (or requeued) from.
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
@@ -46,6 +46,50 @@ def cancel_job(session: Session, job: Job, actor: str) -> list[JobEventMessage]:
             actor=actor,
             message="cancelled before it ran",
             data={"step": job.step},
+        )
+    ]
+
+
+def hold_job(session: Session, job: Job, actor: str) -> list[JobEventMessage]:
+    """Hold ``job`` (row locked by the caller): it keeps its place but does not run.
+
+    A waiting job is never admitted while held (a message already sent is refused at
+    claim time and the job waits queued); a running one finishes its current step and
+    then waits queued at the next one, its checkpoints kept. Holding twice is harmless.
+
+    Raises:
+        JobNotHoldable: The job is already finished.
+    """
+    status = JobStatus(job.status)
+    if status in FINISHED_STATUSES:
+        raise JobNotHoldable(f"Job {job.id} is already {status}.")
+    if job.held_at is not None:
+        return []
+    job.held_at = utcnow()
+    job.held_by = actor
+    message = f"held by {actor}"
+    if status is JobStatus.RUNNING:
+        message += f"; it stops after step {job.step}"
+    return [append_event(session, job, EventType.HELD, actor=actor, message=message)]
+
+
+def release_job(session: Session, job: Job, actor: str) -> list[JobEventMessage]:
+    """Release a held ``job`` (row locked by the caller); the caller then admits its
+    owner's waiting jobs, so it runs from the step where it stopped. Releasing a job
+    that is not held is harmless."""
+    if job.held_at is None:
+        return []
+    held_for_s = (utcnow() - job.held_at).total_seconds()
+    job.held_at = None
+    job.held_by = None
+    return [
+        append_event(
+            session,
+            job,
+            EventType.RELEASED,
+            actor=actor,
+            message=f"released by {actor}",
+            data={"held_s": round(held_for_s, 3)},
         )
     ]
 
@@ -103,6 +147,7 @@ def requeue_job(
     job.run += 1
     job.error = None
     job.cancel_requested_at = None
+    job.held_at = job.held_by = None  # a new run starts unheld
     job.lease_owner = None
     job.lease_expires_at = None
     job.run_at = None

@@ -14,7 +14,7 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from errand_api import metrics
+from errand_api import dashboard, metrics
 from errand_api.catalog import Catalog
 from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
@@ -24,8 +24,11 @@ from errand_api.publisher import Publisher, build_broker
 from errand_api.ratelimit import TokenBucket
 from errand_api.routes import (
     admin,
+    export,
+    failures,
     flow_admin,
     health,
+    holds,
     job_actions,
     jobs,
     keys,
@@ -38,6 +41,7 @@ from errand_api.settings import ApiSettings, get_settings
 from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
 from errand_schema.db import create_db_engine
+from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
@@ -92,6 +96,7 @@ def create_app(
         settings=settings,
         jwt=JwtVerifier(jwt_config) if (jwt_config := settings.jwt_config()) else None,
         redis=redis,
+        estimator=Estimator(redis, settings.redis_prefix),
     )
 
     @asynccontextmanager
@@ -121,9 +126,13 @@ def create_app(
     _install_request_middleware(app, settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
-    metrics.register_queue_collector(engine)
+    app.include_router(dashboard.router)
+    metrics.register_queue_collector(engine, redis, settings.redis_prefix)
+    app.include_router(export.router)
     app.include_router(jobs.router)
     app.include_router(job_actions.router)
+    app.include_router(holds.router)
+    app.include_router(failures.router)
     app.include_router(stats.router)
     app.include_router(keys.router)
     app.include_router(admin.router)
@@ -164,4 +173,11 @@ def serve() -> None:
 
     settings = get_settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )

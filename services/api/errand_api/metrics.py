@@ -108,7 +108,6 @@ class QueueCollector(Collector):
                 oldest.add_metric([queue], max(0.0, (now - first).total_seconds()))
         return [depth, running, retrying, dead, oldest]
 
-
     def _read_breakers(self) -> list[Any]:
         is_open = GaugeMetricFamily(
             "errand_breaker_open",

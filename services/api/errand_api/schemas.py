@@ -2,9 +2,16 @@
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from errand_schema.queues import Priority
 from errand_schema.retry import RetryPolicy
@@ -36,6 +43,17 @@ def json_depth(value: object) -> int:
 
 #: Most dependencies of one job.
 MAX_DEPENDENCIES = 100
+
+#: Most labels of one job, and the longest key and value.
+MAX_LABELS = 20
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 200
+#: What a label key may contain (no ``:``, which separates key and value in filters).
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9_.\-/]+$"
+LabelKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_LABEL_KEY, pattern=LABEL_KEY_PATTERN)
+]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
 
 
 class Dedup(BaseModel):
@@ -101,6 +119,17 @@ class JobCreate(BaseModel):
         default=None, gt=0, le=MAX_AGE_S, description="Run no earlier than this many seconds."
     )
     dedup: Dedup | None = Field(default=None, description="Deduplicate by key (see Dedup).")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description="String labels (e.g. `context_id`) to filter listings, stats and "
+        "exports by (`label=key:value`).",
+    )
+    reuse: bool = Field(
+        default=True,
+        description="Accept a cached result of the same type and payload when the type "
+        "declares one reusable; false always runs the job.",
+    )
 
     @model_validator(mode="after")
     def _one_start_time(self) -> "JobCreate":

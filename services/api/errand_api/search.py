@@ -4,6 +4,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Literal
@@ -12,6 +13,7 @@ from sqlalchemy import ColumnElement, String, and_, cast, or_
 from sqlmodel import Session, col, select
 
 from errand_api.errors import InvalidJob
+from errand_api.schemas import LABEL_KEY_PATTERN, MAX_LABEL_KEY, MAX_LABELS
 from errand_schema.auth import Principal
 from errand_schema.models import Job, JobStep
 
@@ -52,8 +54,12 @@ def job_filters(
     created_before: datetime | None = None,
     q: str | None = None,
     owner: uuid.UUID | None = None,
+    labels: list[tuple[str, str]] | None = None,
 ) -> list[ColumnElement[bool]]:
-    """Return the WHERE clauses of a listing; non-admins see only their own jobs."""
+    """Return the WHERE clauses of a listing; non-admins see only their own jobs.
+
+    ``labels`` are (key, value) pairs a job must all carry (see :func:`parse_labels`).
+    """
     where: list[ColumnElement[bool]] = []
     if not principal.is_admin:
         where.append(col(Job.owner_id) == principal.user_id)
@@ -71,7 +77,37 @@ def job_filters(
         where.append(col(Job.created_at) < created_before)
     if q:
         where.append(_text_search(q))
+    for key, value in labels or []:
+        where.append(col(Job.labels)[key].as_string() == value)
     return where
+
+
+def parse_labels(values: list[str] | None) -> list[tuple[str, str]]:
+    """Parse ``label=key:value`` query values (repeatable; a job must match all).
+
+    Raises:
+        InvalidJob: A value is not ``key:value`` with a valid key.
+    """
+    if len(values or []) > MAX_LABELS:
+        raise InvalidJob(
+            f"At most {MAX_LABELS} label filters.",
+            [{"field": "label", "message": f"at most {MAX_LABELS}"}],
+        )
+    pairs = []
+    for i, raw in enumerate(values or []):
+        key, sep, value = raw.partition(":")
+        if not sep or not re.fullmatch(LABEL_KEY_PATTERN, key) or len(key) > MAX_LABEL_KEY:
+            raise InvalidJob(
+                "A label filter is `key:value`.",
+                [
+                    {
+                        "field": f"label.{i}",
+                        "message": "expected key:value (key: letters, digits, _ . - /; at most 64)",
+                    }
+                ],
+            )
+        pairs.append((key, value))
+    return pairs
 
 
 def _text_search(q: str) -> ColumnElement[bool]:

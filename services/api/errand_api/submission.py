@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import Session, col, select
 
 from errand_api.catalog import Catalog, payload_errors
-from errand_api.errors import InvalidJob
+from errand_api.errors import Forbidden, InvalidJob
+from errand_api.reuse import find_reusable, payload_digest, reuse_result
 from errand_api.schemas import JobCreate
 from errand_schema import flow
 from errand_schema.auth import Principal
 from errand_schema.events import JobEventMessage
-from errand_schema.models import Job, JobDependency, JobStep, utcnow
+from errand_schema.models import Job, JobDependency, JobStep, JobType, utcnow
 from errand_schema.netpolicy import UrlRefused, check_url
 from errand_schema.queues import Priority
 from errand_schema.states import UNFINISHED_STATUSES, JobStatus
@@ -89,10 +90,15 @@ def create_job(
     ``dependency_failed`` when one already ended otherwise). ``depends_on`` adds ids of
     jobs created in the same transaction (a workflow) to those of the body.
 
+    A type that declares ``reuse_result_s`` completes at once with a cached result of
+    the same payload when there is one (see :mod:`errand_api.reuse`).
+
     Raises:
+        Forbidden: The type is restricted to roles the caller does not have.
         InvalidJob: The type is unknown, the payload breaks the type's schema, or a
             dependency is unknown.
     """
+    check_roles(session, catalog, principal, body.type)
     errors = check_job(session, catalog, body, rules)
     deps = list(dict.fromkeys([*body.depends_on, *(depends_on or [])]))
     errors += _dependency_errors(session, principal, body.depends_on)
@@ -127,6 +133,8 @@ def create_job(
         dedup_key=body.dedup.key if body.dedup else None,
         workflow_id=workflow_id,
         workflow_ref=ref,
+        labels=dict(body.labels) or None,
+        payload_hash=payload_digest(body.payload) if job_type.reuse_result_s else None,
     )
     steps = [
         JobStep(job_id=job.id, index=i, name=str(s["name"]), timeout_s=s.get("timeout_s"))
@@ -168,8 +176,41 @@ def create_job(
             )
     else:
         event = transition_job(session, job, JobStatus.QUEUED, actor=actor)
+        _reuse(session, job_type, job, steps, body, now)
     session.add_all(steps)
     return Created(job, steps, event)
+
+
+def check_roles(session: Session, catalog: Catalog, principal: Principal, job_type: str) -> None:
+    """Refuse a type restricted to roles the caller does not have (unknown types pass:
+    :func:`check_job` reports them).
+
+    Raises:
+        Forbidden: The caller's role is not among the type's ``roles``.
+    """
+    found = catalog.get(session, job_type)
+    roles = found[0].roles if found is not None else None
+    if roles is not None and principal.role not in roles:
+        needed = " or ".join(repr(r) for r in roles)
+        raise Forbidden(f"Job type {job_type!r} needs the role {needed}.")
+
+
+def _reuse(
+    session: Session,
+    job_type: JobType,
+    job: Job,
+    steps: list[JobStep],
+    body: JobCreate,
+    now: datetime,
+) -> None:
+    """Complete ``job`` from a cached result of its payload, when its type allows it."""
+    if not body.reuse or job_type.reuse_result_s is None or job.payload_hash is None:
+        return
+    source = find_reusable(
+        session, job.owner_id, job.type, job.payload_hash, job_type.reuse_result_s, now
+    )
+    if source is not None:
+        flow.note_events(session, reuse_result(session, job, steps, source, "reuse"))
 
 
 def _start_time(body: JobCreate, now: datetime) -> datetime | None:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from errand_schema.estimates import Estimator, announce_capacity
 from errand_schema.events import EventPublisher
 from errand_schema.masking import configure_masking
 from errand_schema.messages import RunJobStep
@@ -21,6 +22,7 @@ from errand_schema.telemetry import configure_tracing, instrument_clients
 from errand_worker.actors.steps import declare_step_actors
 from errand_worker.gates import FlowGates
 from errand_worker.jobtypes import builtin_job_types
+from errand_worker.jobtypes.email_send import SmtpConfig
 from errand_worker.lease import LeaseKeeper
 from errand_worker.metrics import serve_metrics
 from errand_worker.middleware.graceful_shutdown import GracefulShutdown
@@ -105,12 +107,30 @@ def build_registry(settings: WorkerSettings) -> Registry:
             cooldown_s=settings.webhook_breaker_cooldown_s,
             per="host",
         ),
+        smtp=smtp_config(settings),
     )
     for spec in builtins:
         registry.add(spec)
     for spec in default_registry:
         registry.add(spec)
     return registry
+
+
+def smtp_config(settings: WorkerSettings) -> SmtpConfig:
+    """Return how ``email.send`` delivers, from the ``ERRAND_SMTP_*`` settings."""
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=password,
+        starttls=settings.smtp_starttls,
+        ssl=settings.smtp_ssl,
+        sender=settings.smtp_from,
+        timeout_s=settings.smtp_timeout_s,
+        allow_private_urls=settings.allow_private_urls,
+        allowed_url_hosts=frozenset(settings.allowed_url_hosts),
+    )
 
 
 def setup_worker(
@@ -163,12 +183,20 @@ def setup_worker(
         broker_delay_max_s=settings.broker_delay_max_s,
         max_in_flight_per_user=settings.max_in_flight_per_user,
         gates=FlowGates(redis, settings.redis_prefix, engine),
+        estimator=Estimator(redis, settings.redis_prefix),
     )
     broker.add_middleware(
         GracefulShutdown(watchdog, settings.shutdown_grace_s, on_stopping=runtime.stop_reconciler)
     )
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
+
+    def announce() -> None:
+        announce_capacity(
+            redis, settings.redis_prefix, settings.worker_name, queues, settings.threads
+        )
+
+    runtime.announce = announce
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.prometheus_multiproc_dir)
     if start_reconciler:

@@ -22,6 +22,7 @@ from errand_schema.retry import RetryPolicy
 from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
 from errand_schema.transition import append_event, lock_job, transition_job
 from errand_worker.errors import JobCancelled, LeaseLost
+from errand_worker.holds import park_held
 from errand_worker.registry import JobTypeSpec, StepSpec
 from errand_worker.runtime import WorkerRuntime
 
@@ -113,6 +114,8 @@ def _start(
     rt: WorkerRuntime, s: Session, events: list[JobEventMessage], job: Job, attempt: int
 ) -> Claim | Refusal:
     actor = f"worker:{rt.worker}"
+    if park_held(s, events, job, actor):
+        return Refusal("held")
     spec = rt.registry.get(job.type)
     if spec is None:
         _fail_now(s, events, job, actor, "unknown_job_type", f"no worker serves {job.type!r}")
@@ -380,9 +383,24 @@ def report_progress(rt: WorkerRuntime, claim: Claim, percent: float, message: st
                 EventType.PROGRESS,
                 actor=f"worker:{rt.worker}",
                 message=message,
-                data={"step": claim.step.name, "step_progress": int(percent)},
+                data={
+                    "step": claim.step.name,
+                    "step_progress": int(percent),
+                    "estimated_finish_at": _finish_estimate(rt, s, claim, percent),
+                },
             )
         )
+
+
+def _finish_estimate(rt: WorkerRuntime, s: Session, claim: Claim, percent: float) -> str | None:
+    """When the job should finish, from its type's learned step durations (ISO time)."""
+    durations = rt.estimator.step_durations(s, claim.spec.name, steps=len(claim.steps))
+    ahead = [durations.get(i) for i in range(claim.step_index, len(claim.steps))]
+    if not ahead or any(d is None for d in ahead):
+        return None
+    current = ahead[0] or 0.0
+    left = max(current * 0.1, current * (1 - percent / 100)) + sum(d or 0.0 for d in ahead[1:])
+    return (utcnow() + timedelta(seconds=left)).isoformat()
 
 
 def check_cancel(rt: WorkerRuntime, claim: Claim) -> None:

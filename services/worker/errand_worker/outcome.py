@@ -12,6 +12,7 @@ from errand_schema.models import JobStep, utcnow
 from errand_schema.states import JobStatus, StepStatus
 from errand_schema.transition import append_event, transition_job
 from errand_worker.alerts import alert_dead_job
+from errand_worker.holds import park_held
 from errand_worker.ledger import (
     Claim,
     NextMessage,
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 class Outcome:
     """What the runner does after the commit."""
 
-    #: ``completed``, ``next``, ``retrying``, ``failed``, ``dead``, ``cancelled``.
+    #: ``completed``, ``next``, ``held``, ``retrying``, ``failed``, ``dead``, ``cancelled``.
     kind: str
     next: NextMessage | None = None
 
@@ -85,6 +86,8 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
         job.step = claim.steps[job.step_index].name
         job.attempt = 0
         job.published_at = None
+        if park_held(s, events, job, actor):
+            return Outcome("held")  # resumes at this next step once released
         nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
         return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
 

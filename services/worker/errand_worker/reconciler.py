@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 PUBLISH_GRACE_S = 2.0
 #: Rows handled per pass and per kind.
 BATCH = 200
+#: How often every worker process tells Redis its capacity (for estimates).
+ANNOUNCE_EVERY_S = 10.0
 #: How often old finished jobs are deleted.
 RETENTION_EVERY_S = 60.0
 #: Statuses of admitted jobs that wait for a message (queued ones go through admission).
@@ -60,7 +62,14 @@ class Reconciler:
         self._leader.release()
 
     def _run(self) -> None:
+        announced = 0.0
         while not self._stop.wait(self._interval_s):
+            if self._rt.announce is not None and time.monotonic() - announced >= ANNOUNCE_EVERY_S:
+                announced = time.monotonic()
+                try:
+                    self._rt.announce()
+                except Exception:  # estimates only; Redis may be down
+                    logger.debug("could not announce capacity", exc_info=True)
             try:
                 if self._leader.acquire():
                     self.run_once()
@@ -110,6 +119,7 @@ class Reconciler:
                     col(Job.status).in_(_WAITING),
                     col(Job.published_at).is_(None),
                     col(Job.lease_owner).is_(None),
+                    col(Job.held_at).is_(None),
                     or_(col(Job.run_at).is_(None), col(Job.run_at) <= now),
                     col(Job.updated_at) < now - timedelta(seconds=PUBLISH_GRACE_S),
                 )

@@ -97,6 +97,11 @@ class JobTypeSpec:
     alert_webhook_url: str | None = None
     #: Circuit breaker shared by every worker (``None``: none).
     breaker: BreakerPolicy | None = None
+    #: A completed job's result is served to a new job of the same owner with the same
+    #: canonical payload for this many seconds, without running it (``None``: never).
+    reuse_result_s: float | None = None
+    #: Roles that may submit this type, e.g. ``["admin"]`` (``None``: everybody).
+    roles: list[str] | None = None
 
     def step(
         self, name: str | None = None, *, timeout_s: float | None = None
@@ -134,6 +139,8 @@ class JobTypeSpec:
             timeout_s=self.timeout_s,
             concurrency_limit=self.concurrency_limit,
             breaker=asdict(self.breaker) if self.breaker else None,
+            reuse_result_s=self.reuse_result_s,
+            roles=list(self.roles) if self.roles is not None else None,
             updated_at=utcnow(),
         )
 
@@ -174,7 +181,8 @@ def job_type(name: str, *, payload: type[BaseModel], **options: Any) -> JobTypeS
         name: The type name clients submit, e.g. ``image.resize``.
         payload: The pydantic model of the payload.
         **options: Any :class:`JobTypeSpec` field (queue, priority, max_attempts,
-            retry, timeout_s, concurrency_limit, breaker, description, planner).
+            retry, timeout_s, concurrency_limit, breaker, description, planner,
+            reuse_result_s, roles).
     """
     return default_registry.add(JobTypeSpec(name=name, payload=payload, **options))
 

@@ -78,7 +78,7 @@ def _report_to_breaker(rt: WorkerRuntime, claim: Claim, outcome: Outcome) -> Non
     if claim.breaker is None or policy is None or rt.gates is None:
         return
     try:
-        if outcome.kind in ("completed", "next"):
+        if outcome.kind in ("completed", "next", "held"):
             rt.gates.breaker_succeeded(claim.breaker)
         elif outcome.kind in ("retrying", "dead"):
             state = rt.gates.breaker_failed(claim.breaker, policy.failures, policy.cooldown_s)

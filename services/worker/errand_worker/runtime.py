@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from errand_schema import flow
 from errand_schema.db import session_scope
+from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_worker.lease import LeaseKeeper
@@ -44,6 +45,10 @@ class WorkerRuntime:
     reconciler: "Reconciler | None" = None
     #: Pauses, concurrency slots and circuit breakers (checked before each step).
     gates: "FlowGates | None" = None
+    #: Learned step durations, for the estimates in progress events.
+    estimator: Estimator = field(default_factory=Estimator)
+    #: Tells Redis how many steps this process runs at once, per queue (estimates).
+    announce: Callable[[], None] | None = None
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
 

@@ -6,7 +6,7 @@ import tempfile
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from errand_schema.queues import DEFAULT_QUEUE
@@ -62,6 +62,21 @@ class WorkerSettings(CommonSettings):
     #: consecutive failed deliveries and lets one probe through after the cool-down.
     webhook_breaker_failures: int = Field(default=5, ge=1)
     webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    #: SMTP server of ``email.send`` (the type fails permanently while none is set).
+    smtp_host: str | None = None
+    #: Its port: 587 (STARTTLS), 465 (implicit TLS) or 25.
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    #: Upgrade the connection with STARTTLS (fails if the server does not offer it);
+    #: ignored with ``smtp_ssl``.
+    smtp_starttls: bool = True
+    #: Connect with implicit TLS (SMTPS, usually port 465) instead of STARTTLS.
+    smtp_ssl: bool = False
+    #: The ``From`` of every message.
+    smtp_from: str = "errand@localhost"
+    #: Timeout of one SMTP connection or command, and of fetching one attachment.
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
 
     _split = field_validator("queues", "job_modules", mode="before")(split_commas)
 

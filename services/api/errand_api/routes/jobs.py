@@ -18,10 +18,11 @@ from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
+from errand_schema.flow import user_cap
 from errand_schema.models import Job, User
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
-from errand_schema.views import JobPublic, job_public, read_job_public
+from errand_schema.views import JobPublic, job_public, read_job_public, with_estimate
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -92,7 +93,7 @@ def submit_job(
     settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) %s", job.id, job.type, job.status)
-    return job_public(job, created.steps)
+    return estimated(services, session, job, job_public(job, created.steps))
 
 
 @router.post(
@@ -173,7 +174,9 @@ def search_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+def get_job(
+    job_id: uuid.UUID, session: SessionDep, services: ServicesDep, principal: PrincipalDep
+) -> JobPublic:
     """Return a job with its steps, progress, result and error."""
     job = session.get(Job, job_id)
     if job is None or not may_see(job, principal):
@@ -181,7 +184,14 @@ def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> 
     # Only the owner reads masked fields in clear (an admin reading another's job does not).
     found = read_job_public(session, job_id, masked=job.owner_id != principal.user_id)
     assert found is not None
-    return found[1]
+    return estimated(services, session, job, found[1])
+
+
+def estimated(services: Services, session: Session, job: Job, view: JobPublic) -> JobPublic:
+    """``view`` with its start and finish estimates (queued and running jobs)."""
+    cap = user_cap(session, job.owner_id, services.settings.max_in_flight_per_user)
+    estimate = services.estimator.estimate(session, job, cap, step_count=len(view.steps))
+    return with_estimate(view, estimate)
 
 
 def may_see(job: Job, principal: Principal) -> bool:

@@ -21,7 +21,7 @@ from errand_api.schedule_schemas import (
     ScheduleUpdate,
 )
 from errand_api.schemas import JobCreate
-from errand_api.submission import check_job
+from errand_api.submission import check_job, check_roles
 from errand_schema.auth import Principal
 from errand_schema.cron import CronError, check_cron, next_run_after, parse_zone
 from errand_schema.masking import mask_payload
@@ -36,7 +36,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such schedule (or not yours)"}
 }
 _INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"description": "Invalid cron, time zone, job type or payload"}
+    403: {"description": "The job type needs a role you do not have"},
+    422: {"description": "Invalid cron, time zone, job type or payload"},
 }
 
 
@@ -50,6 +51,7 @@ def create_schedule(
     body: ScheduleCreate, session: SessionDep, services: ServicesDep, principal: PrincipalDep
 ) -> SchedulePublic:
     """Create a schedule: a job of ``type`` at every time ``cron`` names in ``timezone``."""
+    check_roles(session, services.catalog, principal, body.type)
     _check(session, services, body.cron, body.timezone, body.type, body.payload, body.priority)
     now = utcnow()
     row = Schedule(
@@ -108,6 +110,7 @@ def update_schedule(
     sent = body.model_fields_set
     cron, zone = body.cron or row.cron, body.timezone or row.timezone
     job_type = body.type or row.job_type
+    check_roles(session, services.catalog, principal, job_type)
     payload = row.payload if body.payload is None else body.payload
     priority = body.priority if "priority" in sent else _priority(row.priority)
     resuming = bool(body.enabled) and not row.enabled

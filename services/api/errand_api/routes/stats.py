@@ -9,7 +9,9 @@ from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 
 from errand_api.deps import PrincipalDep, SessionDep
+from errand_api.routes.jobs import LabelQuery
 from errand_api.schemas import StatsPublic, TypeStats
+from errand_api.search import job_filters, parse_labels
 from errand_schema.models import Job, utcnow
 from errand_schema.states import JobStatus
 
@@ -20,12 +22,13 @@ DURATION_SAMPLE = 5000
 
 
 @router.get("/stats", response_model=StatsPublic)
-def get_stats(session: SessionDep, principal: PrincipalDep) -> StatsPublic:
+def get_stats(
+    session: SessionDep, principal: PrincipalDep, label: LabelQuery = None
+) -> StatsPublic:
     """Counts by status, completions and failures in the last minute, and p50/p95
-    durations over the last hour, per queue and type: your jobs, or every job for admins."""
-    scope: list[ColumnElement[bool]] = (
-        [] if principal.is_admin else [col(Job.owner_id) == principal.user_id]
-    )
+    durations over the last hour, per queue and type: your jobs, or every job for admins
+    (only those with every ``label=key:value`` given)."""
+    scope: list[ColumnElement[bool]] = job_filters(principal, labels=parse_labels(label))
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     rows = session.exec(
         select(Job.queue, Job.type, Job.status, func.count())

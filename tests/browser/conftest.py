@@ -45,14 +45,17 @@ def chromium_path() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the
+# main thread while it is started, and every later asyncio.run() in the session would
+# fail ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     """The Playwright driver."""
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright, chromium_path: Path) -> Iterator[Browser]:
     """Headless Chromium."""
     chromium = playwright.chromium.launch(executable_path=str(chromium_path), headless=True)

@@ -64,9 +64,12 @@ def start_service(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
 
 @pytest.fixture(scope="module")
 def user_key(db_engine: Engine) -> str:
-    """An API key of a plain user of this module."""
+    """An API key of a plain user of this module, without an in-flight cap: these tests
+    are about the engine (fairness between users is tested in test_flow_processes)."""
     with Session(db_engine) as session:
-        _, key = create_user(session, f"engine-{uuid.uuid4().hex[:8]}")
+        user, key = create_user(session, f"engine-{uuid.uuid4().hex[:8]}")
+        user.max_in_flight = 0
+        session.add(user)
         session.commit()
     return key
 

@@ -90,6 +90,9 @@ def test_one_job_is_one_trace_from_request_to_notification(
         "started",
         "completed",
     }
+    # the SQL the request ran is in the trace too (SQLAlchemy instrumentation)
+    sql = [s for s in spans if s.attributes and "db.statement" in s.attributes]
+    assert any(str(s.attributes["db.statement"]).startswith("INSERT INTO jobs") for s in sql)
     # (one process here: production processes name themselves errand-api, -worker, ...)
     assert all(str(s.resource.attributes["service.name"]).startswith("errand-") for s in spans)
 

@@ -70,9 +70,11 @@ def submit_job(
     job = created.job
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
-    # Admitted in the same transaction: one commit, then the message.
-    admitted = admit(services, session, job.owner_id) if created.new else []
     try:
+        # The key's row first: a concurrent request with the same key fails here.
+        session.flush()
+        # Admitted in the same transaction: one commit, then the message.
+        admitted = admit(services, session, job.owner_id) if created.new else []
         session.commit()
     except IntegrityError:
         # A concurrent request with the same key won: answer with its job.

@@ -5,6 +5,11 @@ PYTEST_ARGS ?=
 COV_ARGS = --cov=errand_schema --cov=errand_api --cov=errand_worker --cov=errand_notifier \
            --cov=errand --cov-report=term:skip-covered --cov-fail-under=70
 
+# CI runs the test files on two pytest-xdist workers, each file whole on one worker (most
+# of the suite waits on real service processes; each worker has its own run id, hence
+# its own database, vhost and Redis prefix).
+XDIST_ARGS = -n 2 --dist loadfile
+
 .PHONY: help install dev test test-unit lint format services chromium bench clean
 
 help:  ## Show the targets
@@ -23,7 +28,7 @@ chromium:  ## Install Debian's headless Chromium for the browser tests when it i
 	./scripts/ensure-chromium.sh
 
 test: install services chromium  ## Install, check services, run the whole test suite
-	$(UV) run pytest $(if $(CI),$(COV_ARGS),) $(PYTEST_ARGS)
+	$(UV) run pytest $(if $(CI),$(COV_ARGS) $(XDIST_ARGS),) $(PYTEST_ARGS)
 
 test-unit: install  ## Only the tests that need no services
 	$(UV) run pytest tests/unit $(PYTEST_ARGS)

@@ -427,8 +427,6 @@ def test_jobs_accepted_during_a_broker_outage_run_once_each_after_it_ends(
         late = http.post("/v1/jobs", json=body)
         assert late.status_code == 202
         assert wait_all_finished(db_engine, [late.json()["id"]], 30)[0].status == "completed"
-        late_row = job_row(db_engine, late.json()["id"])
-        assert late_row.published_at is not None
         # And readiness recovers
         wait_for(lambda: _readyz(url).status_code == 200, 30, 0.2, what="readyz 200")
 
@@ -488,8 +486,8 @@ def test_a_worker_stopped_with_sigterm_hands_its_running_step_back_and_exits(
     }
     for worker in workers.values():
         wait_worker_ready(worker)
-    # And a test.slow job whose first step runs for 4 s
-    payload = {"ticks": 80, "tick_s": 0.05, "marker_dir": str(tmp_path)}
+    # And a test.slow job whose first step runs for 2 s
+    payload = {"ticks": 40, "tick_s": 0.05, "marker_dir": str(tmp_path)}
     with ErrandClient(api_url, user_key) as client:
         job_id = client.submit("test.slow", payload)["id"]
 

@@ -6,14 +6,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col
 
 from errand_schema import flow
 from errand_schema.db import session_scope
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
+from errand_schema.models import Job
 from errand_worker.lease import LeaseKeeper
 from errand_worker.registry import Registry
 from errand_worker.watchdog import Watchdog
@@ -72,8 +73,17 @@ class WorkerRuntime:
         with session_scope(self.engine) as session:
             jobs = flow.admit(session, owner, self.max_in_flight_per_user)
             messages = [flow.message_for(job) for job in jobs]
-        for msg, queue, priority in messages:
-            self.enqueue(msg, queue, priority, None)
+        for sent, (msg, queue, priority) in enumerate(messages):
+            try:
+                self.enqueue(msg, queue, priority, None)
+            except Exception:
+                # The broker is away: what was not sent is not admitted after all.
+                unsent = [m.job_id for m, _, _ in messages[sent:]]
+                with session_scope(self.engine) as session:
+                    session.execute(
+                        update(Job).where(col(Job.id).in_(unsent)).values(published_at=None)
+                    )
+                raise
         return len(messages)
 
     def stop_reconciler(self) -> None:

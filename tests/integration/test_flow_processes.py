@@ -250,17 +250,25 @@ def test_a_type_limited_to_two_never_runs_more_than_two_and_a_dead_worker_frees_
         more = [
             j["id"]
             for j in http.post(
-                "/v1/jobs:batch", json={"jobs": [_nap(2, "flow.limited") for _ in range(2)]}
+                "/v1/jobs:batch", json={"jobs": [_nap(6, "flow.limited") for _ in range(2)]}
             ).json()["data"]
         ]
-        wait_for(
-            lambda: (
-                _running_limited(db_engine) >= 2
-                and all(_job(db_engine, j).started_at for j in more)
-            ),
-            30,
-            what="both new jobs to run at once",
-        )
+        survivor = next(w for w in workers if w is not holder).name
+
+        def two_on_survivor() -> bool:
+            with Session(db_engine) as session:
+                leased = session.exec(
+                    select(func.count()).where(
+                        col(Job.type) == "flow.limited", col(Job.lease_owner) == survivor
+                    )
+                ).one()
+            return int(leased) >= 2
+
+        # (each runs 6 s, longer than the 3 s lease) Two steps of the type run at once on
+        # the survivor: the dead worker's slot came
+        # back (were it leaked, one slot would be all there is)
+        wait_for(two_on_survivor, 30, 0.05, what="two limited steps on the survivor")
+        assert len(more) == 2
     assert time.monotonic() - killed_at < 3 + 10  # lease plus reconciler and scheduling
 
 

@@ -27,6 +27,9 @@ from errand_worker.registry import JobTypeSpec, StepSpec
 from errand_worker.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
+#: Our own generator: worker threads never touch the global random state (which
+#: property-based tests running in the same process watch).
+_jitter = random.Random()
 
 
 @dataclass
@@ -225,7 +228,7 @@ def _pass_gates(
         wait_s = gates.acquire_slot(spec.name, spec.concurrency_limit, member, rt.lease_s)
         if wait_s:
             # No busy loop: look again when a slot could free, at least 0.5 s, at most 2 s.
-            delay = min(max(wait_s, 0.5), 2.0) + random.uniform(0, 0.25)
+            delay = min(max(wait_s, 0.5), 2.0) + _jitter.uniform(0, 0.25)
             return Refusal("no concurrency slot", retry_later=(delay, job.queue, job.priority))
         slot = member
     return slot, breaker
@@ -258,7 +261,7 @@ def _wait_for_breaker(
         s.add(job)
         return Refusal("circuit open")
     s.add(job)
-    delay = wait_s + random.uniform(0.05, 0.3)
+    delay = wait_s + _jitter.uniform(0.05, 0.3)
     return Refusal("circuit open", retry_later=(delay, job.queue, job.priority))
 
 

@@ -26,7 +26,7 @@ from errand_schema.auth import create_user
 from errand_schema.models import Job, JobAttempt, JobEvent, JobType
 
 from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
-from resources import engine_on, isolated_infra, service_starter
+from own_infra import own_infra_fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -41,25 +41,7 @@ WorkerFactory = Callable[..., ServiceProcess]
 
 # This module runs its own workers (with the test job types) on its own database, vhost
 # and Redis prefix: the session's `system` reconciler and workers must not take its jobs.
-@pytest.fixture(scope="module")
-def infra() -> Iterator[Infra]:
-    """Resources of this module alone."""
-    with isolated_infra("engine") as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-def db_engine(infra: Infra) -> Iterator[Engine]:
-    """An engine on this module's database."""
-    with engine_on(infra) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def start_service(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start services on this module's resources; all stopped at the end of the module."""
-    with service_starter(infra) as start:
-        yield start
+infra, db_engine, start_service = own_infra_fixtures("engine")
 
 
 @pytest.fixture(scope="module")

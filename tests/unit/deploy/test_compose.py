@@ -31,7 +31,8 @@ from deploy_support import (
 COMPOSE = ROOT / "docker-compose.yml"
 NGINX = ROOT / "deploy/nginx/errand.conf"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
-_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+#: ``${NAME}``, ``${NAME:?message}`` (a required secret) or ``${NAME:-default}``.
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
 
 def _compose() -> dict[str, Any]:
@@ -54,13 +55,20 @@ def _errand_services() -> dict[str, tuple[dict[str, Any], str]]:
 
 
 def _process_env(service: dict[str, Any]) -> dict[str, str]:
-    """The image's ERRAND_ ENV, overridden by the service's, secrets interpolated."""
+    """The image's ERRAND_ ENV, overridden by the service's, interpolated as with an
+    empty .env: defaults as written, required variables with test secrets."""
     build = service["build"]
     image_env = dockerfile_env(ROOT / build["context"] / build["dockerfile"])
     env = {k: v for k, v in image_env.items() if k.startswith("ERRAND_")}
     for name, value in service.get("environment", {}).items():
-        env[name] = _INTERPOLATION.sub(lambda m: f"test-{m.group(1).lower()}-0123456789", value)
+        env[name] = _INTERPOLATION.sub(_interpolate, value)
     return env
+
+
+def _interpolate(match: re.Match[str]) -> str:
+    if match.group(2) == "-":
+        return match.group(3)
+    return f"test-{match.group(1).lower()}-0123456789"
 
 
 def _seconds(duration: str) -> float:
@@ -107,6 +115,20 @@ def test_every_errand_service_environment_parses_into_its_settings(
     service, module = _errand_services()[name]
     settings = parse_settings(ENTRYPOINT_SETTINGS[module], _process_env(service), monkeypatch)
     assert settings.database_url.startswith("postgresql+psycopg://errand:test-")
+
+
+def test_the_worker_is_given_every_smtp_setting_and_a_server_to_send_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = _compose()["services"]["worker"]
+    smtp = {n for n in readable_env_names(WorkerSettings) if n.startswith("ERRAND_SMTP_")}
+    assert smtp <= set(worker["environment"]), sorted(smtp - set(worker["environment"]))
+    assert "${ERRAND_SMTP_PASSWORD:?" not in worker["environment"]["ERRAND_SMTP_PASSWORD"], (
+        "optional: only with a username"
+    )
+    settings = parse_settings(WorkerSettings, _process_env(worker), monkeypatch)
+    assert settings.smtp_host in _compose()["services"], "the default is the stack's Mailpit"
+    assert settings.smtp_password is None
 
 
 def test_errand_containers_are_hardened_as_in_kubernetes() -> None:

@@ -254,6 +254,26 @@ def test_each_workload_reaches_the_services_its_settings_name(manifests: Manifes
         assert allowed_in == ports, name
 
 
+def test_the_worker_is_given_every_smtp_setting_and_may_reach_the_server(
+    manifests: Manifests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = named(manifests, "Deployment", "errand-worker")
+    container = pod_spec(worker)["containers"][0]
+    configured: set[str] = set()
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            configured |= set(named(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
+    from_secret = {
+        i["name"] for i in container.get("env", []) if "secretKeyRef" in i.get("valueFrom", {})
+    }
+    smtp = {n for n in readable_env_names(WorkerSettings) if n.startswith("ERRAND_SMTP_")}
+    assert smtp, "WorkerSettings has no ERRAND_SMTP_* setting any more"
+    assert smtp <= configured | from_secret, sorted(smtp - configured - from_secret)
+    assert "ERRAND_SMTP_PASSWORD" in from_secret - configured, "a secret, from errand-secrets"
+    settings = parse_settings(WorkerSettings, runtime_env(manifests, container), monkeypatch)
+    assert settings.smtp_port in _egress_ports(_policy_for(manifests, worker))
+
+
 def test_only_the_processes_that_need_a_service_may_reach_it(manifests: Manifests) -> None:
     def egress(name: str, kind: str = "Deployment") -> set[int]:
         return _egress_ports(_policy_for(manifests, named(manifests, kind, name)))

@@ -1,17 +1,52 @@
 """The end-user demo page (``/demo``) in headless Chromium: a product page that starts a
-multi-step job and follows it with the JavaScript client (``watchJob``)."""
+multi-step job and follows it with the JavaScript client (``watchJob``); its toasts come
+from the user room's ``jobs_summary``."""
 
 import re
+import shutil
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
 from browser_support import BrowserPage, DevServer, sign_in
+from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
 #: How long a demo report may take to reach a state the test waits for, in ms.
 JOB_TIMEOUT_MS = 30_000
+#: Where the summary test leaves its screenshot for people to look at.
+TOAST_SCREENSHOT = "/tmp/errand-demo-toast.png"
+#: Records every toast the page shows (they leave after a few seconds).
+RECORD_TOASTS = """() => {
+  window.__toasts = [];
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      for (const node of change.addedNodes) {
+        if (node.classList && node.classList.contains("toast")) {
+          const text = node.querySelector(".msg").textContent;
+          window.__toasts.push({ kind: node.dataset.kind, text });
+        }
+      }
+    }
+  }).observe(document.getElementById("toasts"), { childList: true });
+}"""
+
+
+def _quick(name: str, **step: Any) -> dict[str, Any]:
+    steps = [{"name": name, "duration_s": 0.2, **step}]
+    return {"type": "demo.pipeline", "payload": {"steps": steps}}
+
+
+def _finished_count(toasts: list[dict[str, str]]) -> int:
+    """Completions the success toasts announce ("3 jobs finished." or one job's line)."""
+    total = 0
+    for t in toasts:
+        if t["kind"] == "success":
+            many = re.match(r"(\d+) jobs finished", t["text"])
+            total += int(many.group(1)) if many else 1
+    return total
 
 
 def test_a_report_started_on_the_demo_page_reaches_100_percent_and_toasts(
@@ -83,3 +118,38 @@ def test_the_demo_page_fits_a_phone(phone_ui: BrowserPage, dev_server: DevServer
     assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
     phone_ui.screenshot("demo-phone")
     phone_ui.assert_no_console_errors()
+
+
+def test_finished_jobs_make_one_summary_toast_and_failures_one_each(
+    ui: BrowserPage, dev_server: DevServer
+) -> None:
+    page = ui.page
+    sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
+    # Given the page's user-room connection is up and every toast is recorded
+    expect(page.locator("#app-header")).to_have_attribute("data-summaries", "live")
+    page.evaluate(RECORD_TOASTS)
+    # When three jobs finish together, one fails and one is cancelled
+    jobs = [_quick(f"part{i}") for i in range(3)]
+    jobs += [_quick("render", fail_permanently=True), {**_quick("later"), "delay_s": 600}]
+    resp = dev_server.http.post("/v1/jobs:batch", json={"jobs": jobs})
+    assert resp.status_code == 202, resp.text
+    ids = [j["id"] for j in resp.json()["data"]]
+    assert dev_server.http.post(f"/v1/jobs/{ids[4]}/cancel").status_code == 202
+
+    def toasts() -> list[dict[str, str]]:
+        return list(page.evaluate("window.__toasts"))
+
+    # Then the completions are announced together (one toast per 2 s window)
+    wait_for(lambda: _finished_count(toasts()) >= 3, 30, 0.1, what="the completions' toast")
+    # and the failure and the cancellation each on their own
+    failure = page.locator(".toast[data-kind='error']", has_text=f"Job {ids[3][:8]} failed")
+    expect(failure).to_contain_text("render")
+    cancel = page.locator(".toast[data-kind='warning']", has_text="was cancelled")
+    expect(cancel).to_contain_text(ids[4][:8])
+    ui.screenshot("demo-summary-toasts")
+    shutil.copy(ui.out_dir / "demo-summary-toasts.png", TOAST_SCREENSHOT)
+    seen = toasts()
+    assert _finished_count(seen) == 3
+    assert sum(t["kind"] == "error" for t in seen) == 1
+    assert sum(t["kind"] == "warning" for t in seen) == 1
+    ui.assert_no_console_errors()

@@ -1,12 +1,14 @@
 """Everything one notifier replica holds, and the one path every job event takes to its
 clients (from the stream or read back from PostgreSQL)."""
 
+import logging
 import time
 
 import socketio
 from opentelemetry.trace import SpanKind
 
 from errand_notifier import metrics, transport
+from errand_notifier.batching import SummaryBatcher
 from errand_notifier.catchup import CatchUp
 from errand_notifier.fanout import Fanout
 from errand_notifier.feeds import Feeds
@@ -14,8 +16,11 @@ from errand_notifier.lanes import LanePolicy
 from errand_notifier.rooms import ADMIN_ROOM, job_room, user_room
 from errand_notifier.settings import NotifierSettings
 from errand_notifier.store import Store
+from errand_notifier.summaries import Summaries
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.telemetry import extract_context, tracer
+
+logger = logging.getLogger(__name__)
 
 
 class Hub:
@@ -34,6 +39,9 @@ class Hub:
             store,
             settings.admin_stats_interval_s,
             settings.user_stats_interval_s,
+        )
+        self.summaries = Summaries(
+            sio, self.fanout, store, SummaryBatcher(settings.summary_window_s)
         )
         #: True once shutdown began: new connections are refused, /readyz is 503.
         self.draining = False
@@ -57,12 +65,17 @@ class Hub:
             self.catchup.note(event.job_id, event.seq)
         if event.type != EventType.PROGRESS:
             self.feeds.user_changed(event.owner)
+            await self.summaries.note(event)
         metrics.record_relay(event.type, time.perf_counter() - started, event.at, sent)
 
     async def drain(self, spread_s: float) -> None:
-        """Refuse new clients; tell the connected ones to reconnect elsewhere and
-        disconnect them over ``spread_s`` seconds."""
+        """Refuse new clients; send the open ``jobs_summary`` windows; tell the clients
+        to reconnect elsewhere and disconnect them over ``spread_s`` seconds."""
         self.draining = True
+        try:
+            await self.summaries.flush_all()
+        except Exception:  # a process boundary: the clients must still be told to go
+            logger.warning("sending the open jobs_summary windows failed", exc_info=True)
         await self.fanout.disconnect_all("shutdown", spread_s)
 
 

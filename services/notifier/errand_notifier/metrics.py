@@ -1,4 +1,5 @@
-"""Prometheus metrics of the notifier: connections, rooms, relayed events, backpressure."""
+"""Prometheus metrics of the notifier: connections, rooms, relayed events, backpressure,
+summaries."""
 
 from collections.abc import Iterator
 from datetime import datetime
@@ -44,6 +45,12 @@ PROGRESS_COALESCED = Counter(
 RESYNCED_EVENTS = Counter(
     "errand_events_resynced_total",
     "Job events read back from PostgreSQL because the event stream missed them",
+)
+SUMMARIES_SENT = Counter(
+    "errand_jobs_summaries_total",
+    "jobs_summary events sent to user rooms: batched completions, or an immediate "
+    "failure or cancellation",
+    ["kind"],
 )
 STREAM_UP = Gauge("errand_event_stream_up", "1 while the Redis event stream is readable")
 

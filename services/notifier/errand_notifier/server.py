@@ -50,8 +50,9 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
 async def run_relay(
     sio: socketio.AsyncServer, redis: Any, settings: NotifierSettings
 ) -> AsyncIterator[Relay]:
-    """Run the stream relay, the catch-up, the progress flusher and the feeds for the
-    lifetime of the block."""
+    """Run the stream relay, the catch-up, the progress flusher, the feeds and the
+    ``jobs_summary`` windows for the lifetime of the block; send the open windows at
+    its end."""
     hub: Hub = hub_of(sio)
     relay = Relay(hub.deliver, redis, settings.redis_prefix, settings.stream_block_ms)
     loops: dict[str, Coroutine[Any, Any, None]] = {
@@ -62,12 +63,17 @@ async def run_relay(
         "errand-flusher": hub.fanout.run_flusher(),
         "errand-admin-feed": hub.feeds.run_admin(),
         "errand-user-feed": hub.feeds.run_users(),
+        "errand-summaries": hub.summaries.run(),
     }
     tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
     try:
         await asyncio.wait_for(relay.ready.wait(), timeout=10)
         yield relay
     finally:
+        try:
+            await hub.summaries.flush_all()
+        except Exception:  # a process boundary: shutdown goes on
+            logger.warning("sending the open jobs_summary windows failed", exc_info=True)
         for task in tasks:
             task.cancel()
         for task in tasks:

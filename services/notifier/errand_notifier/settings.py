@@ -45,6 +45,10 @@ class NotifierSettings(CommonSettings):
     admin_stats_interval_s: float = Field(default=1.0, gt=0)
     #: ``user_stats`` (running jobs of a user) is sent at most this often per user.
     user_stats_interval_s: float = Field(default=0.5, gt=0)
+    #: Completions of one user's jobs are sent as one ``jobs_summary`` per window of
+    #: this many seconds, opened by the first of them; failures and cancellations are
+    #: sent at once.
+    summary_window_s: float = Field(default=2.0, gt=0)
     #: While the event stream is unreadable, subscribed jobs are caught up from
     #: PostgreSQL this often, in seconds.
     resync_interval_s: float = Field(default=1.0, gt=0)

@@ -15,6 +15,9 @@ from errand_schema.jwt_auth import JwtVerifier, authenticate_token
 from errand_schema.models import Job
 from errand_schema.views import read_events_after, read_job_public
 
+#: Job ids looked up in one query.
+TYPES_PER_QUERY = 500
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -88,6 +91,16 @@ class Store:
                 select(Job.id, Job.owner_id, Job.seq).where(col(Job.id).in_(job_ids))
             ).all()
         return {job_id: JobHead(owner, seq) for job_id, owner, seq in rows}
+
+    def job_types(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Return the type of each job that exists (for ``jobs_summary``)."""
+        found: dict[uuid.UUID, str] = {}
+        with Session(self._engine) as session:
+            for start in range(0, len(job_ids), TYPES_PER_QUERY):
+                chunk = job_ids[start : start + TYPES_PER_QUERY]
+                rows = session.exec(select(Job.id, Job.type).where(col(Job.id).in_(chunk))).all()
+                found.update({job_id: job_type for job_id, job_type in rows})
+        return found
 
     def events_after(
         self, job_id: uuid.UUID, owner_id: uuid.UUID, after_seq: int, limit: int

@@ -1,11 +1,13 @@
 // The end-user demo: a product page ("Acme Reports") that starts a multi-step job and
 // follows it with the Errand JavaScript client (`watchJob` from "errand-client", mapped
-// by the page's import map to clients/js/src/index.js).
+// by the page's import map to clients/js/src/index.js). Its toasts come from the user
+// room's `jobs_summary` (see summary.js): finished jobs batched, failures at once.
 
 import { ApiError, createApi } from "../lib/api.js";
 import { ACTIVE, h, prettyJson, readConfig, replaceChildren, setText, shortId } from "../lib/dom.js";
 import { clearKey, getKey, setKey } from "../lib/session.js";
 import { confirmAction, progressBar, signIn, statusBadge, setStatus, toast } from "../lib/ui.js";
+import { followSummaries } from "./summary.js";
 
 const config = readConfig();
 const main = document.getElementById("main");
@@ -26,6 +28,8 @@ const api = createApi(getKey, () => {
   window.location.reload();
 });
 const cards = new Map();
+/** The user-room connection whose `jobs_summary` drives the toasts (set at start). */
+let summaries = null;
 
 function remembered() {
   try {
@@ -75,22 +79,47 @@ function finish(card, status, error) {
   card.cancel.hidden = true;
   card.view.hidden = status !== "completed";
   updateIndicator();
-  const name = `Report ${shortId(card.id)}`;
   if (status === "completed") {
     card.bar.set(100, status);
     setText(card.stepText, "Done");
-    if (card.announce) {
-      toast(`${name} is ready.`, { kind: "success", action: { label: "View", onClick: () => showResult(card.id) } });
-    }
   } else if (status === "cancelled") {
     card.bar.set(card.progress, status);
     setText(card.stepText, "Cancelled");
-    if (card.announce) toast(`${name} was cancelled.`, { kind: "warning" });
   } else {
     card.bar.set(card.progress, status);
     const message = (error && (error.message || error.type)) || "it could not be generated";
     setText(card.stepText, `Failed: ${message}`);
-    if (card.announce) toast(`${name} failed: ${message}`, { kind: "error", timeoutMs: 10000 });
+  }
+  // The toast comes from jobs_summary; only without that connection is it per job.
+  if (card.announce && !(summaries && summaries.live)) toastJob(card.id, status, error);
+}
+
+function jobName(id) {
+  return `${cards.has(id) ? "Report" : "Job"} ${shortId(id)}`;
+}
+
+function toastJob(id, status, error) {
+  const name = jobName(id);
+  if (status === "completed") {
+    const action = cards.has(id) ? { label: "View", onClick: () => showResult(id) } : null;
+    toast(cards.has(id) ? `${name} is ready.` : `${name} finished.`, { kind: "success", action });
+  } else if (status === "cancelled") {
+    toast(`${name} was cancelled.`, { kind: "warning" });
+  } else {
+    const message = (error && (error.message || error.type)) || status;
+    toast(`${name} failed: ${message}`, { kind: "error", timeoutMs: 10000 });
+  }
+}
+
+/** Toasts of one `jobs_summary`: each failure and cancellation, then the completions. */
+function toastSummary(summary) {
+  for (const job of summary.failed || []) toastJob(job.job_id, "failed", { message: job.message });
+  for (const job of summary.cancelled || []) toastJob(job.job_id, "cancelled");
+  const n = summary.completed || 0;
+  if (n === 1 && summary.job_ids.length === 1) {
+    toastJob(summary.job_ids[0], "completed");
+  } else if (n > 1) {
+    toast(`${n} jobs finished.`, { kind: "success" });
   }
 }
 
@@ -216,8 +245,11 @@ function renderPage(watchJob, token) {
           "watchJob(job.id, {",
           "  token, baseUrl: location.origin,",
           "  onEvent: (e) => bar.set(e.progress, e.step),",
-          "  onDone: (job) => toast(job.status),",
+          "  onDone: (job) => card.finish(job.status),",
           "});",
+          "",
+          "// Toasts: the user room batches finished jobs (2 s)",
+          'socket.on("jobs_summary", (s) => toast(`${s.completed} jobs finished`));',
         ].join("\n")))));
   return list;
 }
@@ -246,6 +278,12 @@ async function start() {
     clearKey();
     window.sessionStorage.removeItem(STORE);
     window.location.reload();
+  });
+  summaries = followSummaries(config.notifier_url, key, {
+    onSummary: toastSummary,
+    onState: (live) => {
+      header.dataset.summaries = live ? "live" : "offline";
+    },
   });
   const list = renderPage(watchJob, key);
   // Reports started earlier in this tab: show them again and follow the unfinished.

@@ -23,6 +23,8 @@ from errand_schema.models import ApiKey, User, utcnow
 KEY_SCHEME = "erk"
 #: Name of the user that owns the bootstrap admin key.
 BOOTSTRAP_ADMIN_NAME = "admin"
+#: ``Session.info`` key holding the authenticated caller's ``User`` row.
+CALLER_KEY = "errand.caller"
 #: ``last_used_at`` is written at most this often per key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -129,4 +131,7 @@ def authenticate(session: Session, token: str) -> Principal | None:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         key.last_used_at = now
         session.add(key)
+    # The session's identity map holds rows weakly: keep the caller's, so the request's
+    # later reads of it (rate limit, in-flight cap) are answered without a query.
+    session.info[CALLER_KEY] = user
     return Principal(user_id=user.id, name=user.name, role=user.role)

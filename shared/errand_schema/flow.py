@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from errand_schema.events import JobEventMessage
 from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, JobDependency, Pause, User, utcnow
+from errand_schema.models import WAITING_SQL, Job, JobDependency, Pause, User, utcnow
 from errand_schema.queues import Priority
 from errand_schema.states import FINISHED_STATUSES, JobStatus
 
@@ -38,6 +38,8 @@ PRIORITY_RANK = case(
 #: Session.info keys: owners whose waiting jobs may now be admitted, and events written
 #: by cascades (dependents failed or released) that the caller must publish too.
 ADMIT_KEY = "errand.admit"
+#: Queued and not admitted yet, as literal SQL (the predicate of ``ix_jobs_waiting``).
+_WAITING = text(" AND ".join(f"jobs.{c}" for c in WAITING_SQL.split(" AND ")))
 EVENTS_KEY = "errand.side_events"
 
 
@@ -81,22 +83,30 @@ def admit(
     session: Session, owner_id: uuid.UUID, default_cap: int, now: datetime | None = None
 ) -> list[Job]:
     """Mark the user's next waiting jobs admitted, up to the free slots; return them."""
-    if not _has_waiting(session, owner_id):
+    if not has_waiting(session, owner_id):
         return []  # the common case after a job ends: one indexed probe, no lock
-    lock_owner(session, owner_id)
     cap = user_cap(session, owner_id, default_cap)
-    limit = ADMIT_BATCH if cap <= 0 else min(ADMIT_BATCH, cap - in_flight(session, owner_id))
-    if limit <= 0:
-        return []
+    if cap <= 0:
+        # No cap, nothing to count: SKIP LOCKED alone keeps two admissions apart, and
+        # concurrent submissions of one key do not queue behind each other's commits.
+        limit = ADMIT_BATCH
+    else:
+        if in_flight(session, owner_id) >= cap:
+            # Full (the flood case): nothing to admit, so no lock held to the commit.
+            # A slot that frees meanwhile admits this job from the finishing side
+            # (after that commit) or in the reconciler's next pass.
+            return []
+        lock_owner(session, owner_id)
+        limit = min(ADMIT_BATCH, cap - in_flight(session, owner_id))
+        if limit <= 0:
+            return []
     queues, types = paused(session)
     stmt = (
         select(Job)
         .where(
             col(Job.owner_id) == owner_id,
-            col(Job.status) == JobStatus.QUEUED,
-            col(Job.published_at).is_(None),
+            _WAITING,
             col(Job.lease_owner).is_(None),
-            col(Job.held_at).is_(None),
         )
         .order_by(PRIORITY_RANK, col(Job.created_at))
         .limit(limit)
@@ -114,32 +124,15 @@ def admit(
     return jobs
 
 
-def _has_waiting(session: Session, owner_id: uuid.UUID) -> bool:
-    stmt = (
-        select(Job.id)
-        .where(
-            col(Job.owner_id) == owner_id,
-            col(Job.status) == JobStatus.QUEUED,
-            col(Job.published_at).is_(None),
-            col(Job.held_at).is_(None),
-        )
-        .limit(1)
-    )
+def has_waiting(session: Session, owner_id: uuid.UUID) -> bool:
+    """Whether the user has queued jobs not admitted yet (``ix_jobs_waiting``)."""
+    stmt = select(Job.id).where(col(Job.owner_id) == owner_id, _WAITING).limit(1)
     return session.exec(stmt).first() is not None
 
 
 def owners_waiting(session: Session, limit: int = 500) -> list[uuid.UUID]:
     """Return users that have queued jobs not admitted yet."""
-    stmt = (
-        select(Job.owner_id)
-        .where(
-            col(Job.status) == JobStatus.QUEUED,
-            col(Job.published_at).is_(None),
-            col(Job.held_at).is_(None),
-        )
-        .distinct()
-        .limit(limit)
-    )
+    stmt = select(Job.owner_id).where(_WAITING).distinct().limit(limit)
     return list(session.exec(stmt).all())
 
 

@@ -9,7 +9,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Dialect, Index, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -122,6 +131,12 @@ class JobType(SQLModel, table=True):
     )
 
 
+#: A queued job not admitted yet (see :mod:`errand_schema.flow`). Queries that should
+#: use ``ix_jobs_waiting`` spell it with this literal text: with a bound parameter for
+#: the status, a prepared statement's generic plan could not prove the index applies.
+WAITING_SQL = "status = 'queued' AND published_at IS NULL AND held_at IS NULL"
+
+
 class Job(SQLModel, table=True):
     """One submitted job. The row is the truth; broker messages only wake workers."""
 
@@ -134,6 +149,22 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_status", "owner_id", "status"),
         Index("ix_jobs_owner_dedup", "owner_id", "dedup_key"),
+        # Jobs waiting for admission (a probe after every job that ends, and the
+        # reconciler's pass): small even when a user has a backlog of admitted jobs.
+        Index(
+            "ix_jobs_waiting",
+            "owner_id",
+            "created_at",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
+        # Label filters (``labels @> '{"k": "v"}'`` on PostgreSQL).
+        Index(
+            "ix_jobs_labels",
+            "labels",
+            postgresql_using="gin",
+            postgresql_ops={"labels": "jsonb_path_ops"},
+        ),
         UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_run"),
     )
 

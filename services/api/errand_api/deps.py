@@ -91,6 +91,9 @@ def get_principal(
     if found is None:
         raise Unauthorized("The API key or token is not valid.")
     principal = found[0]
+    # Also hands the connection back before the handler's thread hop: a request must
+    # not hold one while it waits for a thread (threads waiting for connections held
+    # by requests waiting for threads would deadlock under a large burst).
     session.commit()  # last_used_at, when it moved
     return principal
 

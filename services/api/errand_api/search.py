@@ -7,9 +7,12 @@ import json
 import re
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, String, and_, cast, or_
+from sqlalchemy import Boolean, ColumnElement, String, and_, cast, literal, or_
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel import Session, col, select
 
 from errand_api.errors import InvalidJob
@@ -78,8 +81,32 @@ def job_filters(
     if q:
         where.append(_text_search(q))
     for key, value in labels or []:
-        where.append(col(Job.labels)[key].as_string() == value)
+        where.append(LabelIs(key, value))
     return where
+
+
+class LabelIs(ColumnElement[bool]):
+    """``jobs.labels[key] == value``: a containment test (``@>``) on PostgreSQL, which
+    the GIN index ``ix_jobs_labels`` serves; a JSON lookup elsewhere (SQLite)."""
+
+    type = Boolean()
+    inherit_cache = False
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key
+        self.value = value
+
+
+@compiles(LabelIs)
+def _label_is(element: LabelIs, compiler: SQLCompiler, **kw: Any) -> str:
+    match = col(Job.labels)[element.key].as_string() == element.value
+    return str(compiler.process(match, **kw))
+
+
+@compiles(LabelIs, "postgresql")
+def _label_is_pg(element: LabelIs, compiler: SQLCompiler, **kw: Any) -> str:
+    wanted = cast(literal(json.dumps({element.key: element.value})), JSONB)
+    return str(compiler.process(col(Job.labels).op("@>")(wanted), **kw))
 
 
 def parse_labels(values: list[str] | None) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from errand_schema.events import EventType, JobEventMessage
@@ -54,6 +55,8 @@ class Claim:
     slot: str | None = None
     #: The circuit breaker the step reports to, if its type has one.
     breaker: str | None = None
+    #: The ``job_attempts`` row of this attempt (known after the claim's commit).
+    attempt_row: "JobAttempt | None" = None
 
     @property
     def step(self) -> StepSpec:
@@ -150,11 +153,10 @@ def _start(
     step_row.started_at = step_row.started_at or now
     step_row.error = None
     s.add(step_row)
-    s.add(
-        JobAttempt(
-            job_id=job.id, run=job.run, step_index=job.step_index, attempt=attempt, worker=rt.worker
-        )
+    attempt_row = JobAttempt(
+        job_id=job.id, run=job.run, step_index=job.step_index, attempt=attempt, worker=rt.worker
     )
+    s.add(attempt_row)
     events.append(
         append_event(
             s,
@@ -187,6 +189,7 @@ def _start(
         trace_context=job.trace_context,
         slot=slot,
         breaker=breaker,
+        attempt_row=attempt_row,
     )
 
 
@@ -429,7 +432,23 @@ def retry_policy(job: Job, spec: JobTypeSpec) -> RetryPolicy:
 def finish_attempt(
     s: Session, claim: Claim, outcome: str, duration_ms: float, error: dict[str, Any] | None = None
 ) -> None:
-    """Close the claim's attempt row with its outcome."""
+    """Close the claim's attempt row with its outcome (one UPDATE by its id when the
+    claim knows it, which is the usual case)."""
+    values: dict[str, Any] = {
+        "outcome": outcome,
+        "finished_at": utcnow(),
+        "duration_ms": duration_ms,
+    }
+    if error:
+        values |= {
+            "error_type": error.get("type"),
+            "error_message": error.get("message"),
+            "traceback": error.get("traceback"),
+        }
+    known = claim.attempt_row.id if claim.attempt_row is not None else None
+    if known is not None:
+        s.execute(update(JobAttempt).where(col(JobAttempt.id) == known).values(**values))
+        return
     row = s.exec(
         select(JobAttempt).where(
             JobAttempt.job_id == claim.job_id,
@@ -440,11 +459,6 @@ def finish_attempt(
     ).first()
     if row is None:
         return
-    row.outcome = outcome
-    row.finished_at = utcnow()
-    row.duration_ms = duration_ms
-    if error:
-        row.error_type = error.get("type")
-        row.error_message = error.get("message")
-        row.traceback = error.get("traceback")
+    for name, value in values.items():
+        setattr(row, name, value)
     s.add(row)

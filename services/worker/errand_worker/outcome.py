@@ -4,7 +4,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from errand_schema.events import EventType
 from errand_schema.messages import RunJobStep
@@ -45,13 +46,13 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
     actor = f"worker:{rt.worker}"
     with rt.transaction() as (s, events):
         job = fenced_job(s, claim, rt.worker)
-        row = _step_row(s, claim)
-        now = utcnow()
-        row.status = StepStatus.COMPLETED
-        row.output = output
-        row.progress = 100
-        row.finished_at = now
-        s.add(row)
+        # One UPDATE, no read: the claim already knows the step.
+        s.execute(
+            update(JobStep)
+            .where(col(JobStep.job_id) == claim.job_id, col(JobStep.index) == claim.step_index)
+            .values(status=StepStatus.COMPLETED, output=output, progress=100, finished_at=utcnow())
+        )
+        name = claim.step.name
         finish_attempt(s, claim, "completed", duration_ms)
         job.progress = overall_progress(claim.step_index + 1, len(claim.steps), 0)
         events.append(
@@ -60,9 +61,9 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
                 job,
                 EventType.STEP,
                 actor=actor,
-                message=f"step {row.name} completed",
+                message=f"step {name} completed",
                 data={
-                    "step": row.name,
+                    "step": name,
                     "index": claim.step_index,
                     "attempt": claim.attempt,
                     "state": "completed",

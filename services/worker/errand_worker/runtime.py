@@ -64,6 +64,9 @@ class WorkerRuntime:
         with session_scope(self.engine) as session:
             yield session, events
             extra, owners = flow.take_side_effects(session)
+            # The usual answer (nobody waits) comes from one indexed probe inside this
+            # transaction, not from a transaction of its own after the commit.
+            owners = {o for o in owners if flow.has_waiting(session, o)}
         self.events.publish(events + extra)
         for owner in owners:
             self.admit(owner)

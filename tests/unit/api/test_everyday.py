@@ -361,3 +361,20 @@ def test_a_non_admin_submitting_an_admin_only_type_gets_403_naming_the_role(
     assert batch.status_code == 403
     assert api_client.get("/v1/jobs", headers=_as(user)).json()["count"] == 0  # none created
     assert api_client.post("/v1/jobs", json=body).status_code == 202  # the admin may
+
+
+def test_a_label_filter_is_a_containment_test_on_postgres_and_a_json_lookup_elsewhere() -> None:
+    """On PostgreSQL ``labels @> '{"k": "v"}'`` is what the GIN index ``ix_jobs_labels``
+    serves; SQLite (dev mode) compares the extracted value."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlmodel import select
+
+    from errand_api.search import LabelIs
+
+    stmt = select(Job.id).where(LabelIs("context_id", "c-1"))
+    pg = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    assert 'jobs.labels @> CAST(\'{"context_id": "c-1"}\' AS JSONB)' in str(pg)
+    lite = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    assert "@>" not in lite
+    assert "context_id" in lite
+    assert "'c-1'" in lite

@@ -12,10 +12,11 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pika
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -411,6 +412,45 @@ def test_jobs_accepted_during_a_broker_outage_run_once_each_after_it_ends(
         assert wait_all_finished(db_engine, [late.json()["id"]], 30)[0].status == "completed"
         # And readiness recovers
         wait_for(lambda: _readyz(url).status_code == 200, 30, 0.2, what="readyz 200")
+
+
+def test_an_admitted_job_whose_message_was_lost_is_published_again(
+    infra: Infra,
+    user_key: str,
+    api_url: str,
+    db_engine: Engine,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given a job accepted while no worker runs
+    headers = {"Authorization": f"Bearer {user_key}"}
+    body = {"type": "demo.pipeline", "payload": TWO_QUICK_STEPS}
+    answer = httpx.post(f"{api_url}/v1/jobs", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    # And its message lost after its admission was committed (what an API killed
+    # between its commit and its publish leaves), a minute ago
+    with pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url)) as conn:
+        channel = conn.channel()
+        lost = channel.queue_purge("default").method.message_count
+    assert lost >= 1
+    with Session(db_engine) as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        assert job.status == "queued"
+        assert job.published_at is not None
+        job.published_at = datetime.now(UTC) - timedelta(seconds=60)
+        session.add(job)
+        session.commit()
+
+    # When a worker starts (its reconciler finds the queue empty)
+    worker = start_worker("lost-message-worker", ERRAND_LOST_MESSAGE_AFTER_S="30")
+    wait_worker_ready(worker)
+
+    # Then the job is sent again and runs, each step exactly once
+    [row] = wait_all_finished(db_engine, [job_id], 60)
+    assert row.status == "completed"
+    assert [(a.step_index, a.attempt) for a in attempts_of(db_engine, job_id)] == [(0, 1), (1, 1)]
+    assert "their messages were lost; sent again" in worker.log()
 
 
 # --- 4. SIGTERM ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Builds the broker and wires a worker process: runtime, job types, actors."""
 
 import logging
+from collections.abc import Callable
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -90,6 +91,19 @@ def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
             conn.execute(stmt)
 
     return enqueue
+
+
+def make_queue_backlog(broker: dramatiq.Broker) -> Callable[[str], int | None]:
+    """Return a function giving the messages RabbitMQ holds for a queue (ready plus
+    delayed; unacknowledged ones are with a consumer and not counted)."""
+
+    def backlog(queue: str) -> int | None:
+        if not isinstance(broker, RabbitmqBroker):
+            return None  # dev mode's in-memory broker loses nothing
+        ready, delayed, _ = broker.get_queue_message_counts(queue)
+        return int(ready) + int(delayed)
+
+    return backlog
 
 
 def build_registry(settings: WorkerSettings) -> Registry:
@@ -200,8 +214,12 @@ def setup_worker(
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.prometheus_multiproc_dir)
     if start_reconciler:
+        runtime.queue_backlog = make_queue_backlog(broker)
         runtime.reconciler = Reconciler(
-            runtime, settings.reconcile_interval_s, settings.retention_days
+            runtime,
+            settings.reconcile_interval_s,
+            settings.retention_days,
+            lost_after_s=settings.lost_message_after_s,
         )
         runtime.reconciler.start()
     logger.info(

@@ -8,9 +8,9 @@ import logging
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_
+from sqlalchemy import delete, or_, update
 from sqlmodel import col, select
 
 from errand_schema import flow
@@ -31,6 +31,11 @@ PUBLISH_GRACE_S = 2.0
 BATCH = 200
 #: How often every worker process tells Redis its capacity (for estimates).
 ANNOUNCE_EVERY_S = 10.0
+#: An admitted job not started after this long may have lost its message (see
+#: :meth:`Reconciler.republish_lost`).
+LOST_AFTER_S = 30.0
+#: How often the reconciler looks for lost messages (it asks RabbitMQ for counts).
+LOST_CHECK_EVERY_S = 5.0
 #: How often old finished jobs are deleted.
 RETENTION_EVERY_S = 60.0
 #: Statuses of admitted jobs that wait for a message (queued ones go through admission).
@@ -42,13 +47,22 @@ _RETAINED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 class Reconciler:
     """Periodic repairs; call :meth:`run_once` or :meth:`start` a thread."""
 
-    def __init__(self, rt: WorkerRuntime, interval_s: float, retention_days: float) -> None:
+    def __init__(
+        self,
+        rt: WorkerRuntime,
+        interval_s: float,
+        retention_days: float,
+        *,
+        lost_after_s: float = LOST_AFTER_S,
+    ) -> None:
         self._rt = rt
         self._interval_s = interval_s
         self._retention = timedelta(days=retention_days)
+        self._lost_after = timedelta(seconds=lost_after_s)
         self._leader = LeaderLock(rt.engine)
         self._stop = threading.Event()
         self._last_retention = 0.0
+        self._last_lost_check = 0.0
 
     def start(self) -> threading.Thread:
         """Run passes in a daemon thread until :meth:`stop`."""
@@ -85,6 +99,9 @@ class Reconciler:
             "published": self.publish_waiting(),
             "admitted": self.admit_waiting(),
         }
+        if time.monotonic() - self._last_lost_check >= LOST_CHECK_EVERY_S:
+            self._last_lost_check = time.monotonic()
+            counts["republished"] = self.republish_lost()
         if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
             self._last_retention = time.monotonic()
             counts["deleted"] = self.delete_expired()
@@ -137,6 +154,66 @@ class Reconciler:
         if rows:
             logger.info("published %d waiting jobs", len(rows))
         return len(rows)
+
+    def republish_lost(self, now: datetime | None = None) -> int:
+        """Publish again the admitted jobs whose message is gone.
+
+        Admission marks a job (``published_at``) in the transaction that commits it and
+        sends the message after the commit; an API or worker killed in between, or an
+        un-admit that could not run (the database pool exhausted during a broker outage:
+        the benchmark's broker cut lost 3-54 jobs this way), leaves a queued job marked
+        admitted with no message, which nothing else would ever send. Such a job is
+        ``queued``, admitted over ``lost_after_s`` ago and not started, and its queue
+        holds no ready or delayed message in RabbitMQ (a job behind a backlog is not
+        lost: its message is in that backlog). The message is sent again; should the
+        first still turn up (a busy consumer's prefetch), the attempt fence refuses the
+        later of the two, so nothing runs twice.
+        """
+        backlog_of = self._rt.queue_backlog
+        if backlog_of is None:
+            return 0
+        cutoff = (now or utcnow()) - self._lost_after
+        with self._rt.transaction() as (s, _):
+            rows = [
+                (j.id, j.step_index, j.attempt, j.queue, j.priority)
+                for j in s.exec(
+                    select(Job)
+                    .where(
+                        col(Job.status) == JobStatus.QUEUED,
+                        col(Job.published_at) < cutoff,
+                        col(Job.lease_owner).is_(None),
+                        col(Job.held_at).is_(None),
+                    )
+                    .order_by(col(Job.published_at))
+                    .limit(BATCH)
+                )
+            ]
+        by_queue: dict[str, list[tuple[uuid.UUID, int, int, str]]] = {}
+        for job_id, step_index, attempt, queue, priority in rows:
+            by_queue.setdefault(queue, []).append((job_id, step_index, attempt, priority))
+        sent: list[uuid.UUID] = []
+        for queue, jobs in by_queue.items():
+            backlog = backlog_of(queue)
+            if backlog is None or backlog > 0:
+                continue  # their messages may be in that backlog
+            for job_id, step_index, attempt, priority in jobs:
+                msg = RunJobStep(job_id=job_id, step_index=step_index, attempt=attempt + 1)
+                self._rt.enqueue(msg, queue, priority, None)
+                sent.append(job_id)
+            logger.warning(
+                "queue %s is empty but %d admitted jobs never started: their messages were "
+                "lost; sent again",
+                queue,
+                len(jobs),
+            )
+        if sent:
+            with self._rt.transaction() as (s, _):
+                s.execute(
+                    update(Job)
+                    .where(col(Job.id).in_(sent), col(Job.status) == JobStatus.QUEUED)
+                    .values(published_at=utcnow())
+                )
+        return len(sent)
 
     def admit_waiting(self) -> int:
         """Admit queued jobs into their users' free slots (catches every missed chance)."""

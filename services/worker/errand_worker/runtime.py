@@ -50,6 +50,8 @@ class WorkerRuntime:
     estimator: Estimator = field(default_factory=Estimator)
     #: Tells Redis how many steps this process runs at once, per queue (estimates).
     announce: Callable[[], None] | None = None
+    #: Messages the broker holds for a queue, ready or delayed (None: it cannot say).
+    queue_backlog: Callable[[str], int | None] | None = None
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
 

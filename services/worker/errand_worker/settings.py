@@ -44,6 +44,9 @@ class WorkerSettings(CommonSettings):
     shutdown_grace_s: float = 10.0
     #: How often the reconciler looks for unpublished jobs and expired leases.
     reconcile_interval_s: float = 0.5
+    #: A job admitted this long ago and still not started, in a queue where the broker
+    #: holds no message, lost its message (see ``Reconciler.republish_lost``).
+    lost_message_after_s: float = Field(default=30.0, gt=0)
     #: Finished jobs (completed, failed, cancelled) older than this are deleted.
     retention_days: float = 30.0
     #: Default timeout of a step whose type names none.

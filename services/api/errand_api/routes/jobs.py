@@ -95,7 +95,12 @@ def submit_job(
     settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) %s", job.id, job.type, job.status)
-    return estimated(services, session, job, job_public(job, created.steps))
+    view = estimated(services, session, job, job_public(job, created.steps))
+    # Hand the connection back now: FastAPI closes the session in the dependency's
+    # teardown, which runs one request at a time (a broker outage queued requests there
+    # until the pool ran dry and un-admissions failed).
+    session.commit()
+    return view
 
 
 @router.post(

@@ -124,8 +124,17 @@ def test_finished_jobs_make_one_summary_toast_and_failures_one_each(
     ui: BrowserPage, dev_server: DevServer
 ) -> None:
     page = ui.page
+    # Given no job of an earlier test is still on its way (its completion would land in
+    # this test's summary window)
+    busy = {"status": ["queued", "running", "retrying"], "limit": 1}
+
+    def idle() -> bool:
+        resp = dev_server.http.get("/v1/jobs", params=busy)
+        return resp.status_code == 200 and not resp.json()["data"]
+
+    wait_for(idle, 60, 0.2, what="earlier tests' jobs to finish")
     sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
-    # Given the page's user-room connection is up and every toast is recorded
+    # And the page's user-room connection is up and every toast is recorded
     expect(page.locator("#app-header")).to_have_attribute("data-summaries", "live")
     page.evaluate(RECORD_TOASTS)
     # When three jobs finish together, one fails and one is cancelled

@@ -8,8 +8,10 @@ from errand.dev import DevSystem
 
 from inprocess import events, submit, wait_status
 
-#: Each synthetic job sleeps this long in its one step.
-NAP_S = 0.3
+#: Each synthetic job sleeps this long in its one step. The estimate learns the step's
+#: own duration; the claim and completion around it (tens of milliseconds, more under a
+#: loaded CI with coverage) are the error, so the nap must dwarf them as real jobs do.
+NAP_S = 0.6
 
 
 def _at(value: str) -> datetime:

@@ -133,6 +133,8 @@ def run_dev(*, host: str, port: int, threads: int, data_dir: str) -> None:
     )
     console = Console()
     console.print(f"\n[bold green]Errand dev[/] running at [bold]{url}[/]")
+    console.print(f"  Dashboard  {url}/admin   (sign in with the API key below)")
+    console.print(f"  Demo app   {url}/demo")
     console.print(f"  API docs   {url}/docs")
     console.print(f"  Socket.IO  {url}/socket.io")
     console.print(f"  API key    [bold]{system.api_key}[/]  (admin)")

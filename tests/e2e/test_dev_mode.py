@@ -9,39 +9,52 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from errand.client import ErrandClient
 from errand.watch import JobWatcher
 
-from helpers import ServiceProcess, free_port, wait_http_ok
+from helpers import ServiceProcess, free_port, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.e2e
+#: ``errand dev``'s URL, its folder and its process.
+DevServer = tuple[str, Path, ServiceProcess]
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``errand dev`` in a fresh folder; yields its URL and the folder."""
+def dev_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[DevServer]:
+    """``errand dev`` in a fresh folder; yields its URL, the folder and the process."""
     folder = tmp_path_factory.mktemp("devmode")
     port = free_port()
     proc = ServiceProcess("dev", ["dev", "--port", str(port)], {}, cwd=str(folder))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{url}/readyz", 60, proc=proc)
-        yield url, folder
+        yield url, folder, proc
     finally:
         proc.stop()
 
 
-def test_dev_prints_the_url_and_an_admin_key(dev_server: tuple[str, Path]) -> None:
-    url, folder = dev_server
+def test_dev_prints_the_url_and_an_admin_key(
+    dev_server: DevServer,
+) -> None:
+    url, folder, proc = dev_server
     state = json.loads((folder / ".errand" / "dev.json").read_text())
     assert state["url"] == url
     assert state["api_key"].startswith("erk_")
+    # And the banner names the dashboard (which answers) and the key to sign in with
+    wait_for(lambda: "API key" in proc.log(), 10, 0.1, what="the banner")
+    banner = proc.log()
+    assert f"Dashboard  {url}/admin" in banner
+    assert state["api_key"] in banner
+    assert httpx.get(f"{url}/admin", timeout=10).status_code == 200
 
 
-def test_the_four_step_flow_streams_in_order_in_dev_mode(dev_server: tuple[str, Path]) -> None:
-    url, folder = dev_server
+def test_the_four_step_flow_streams_in_order_in_dev_mode(dev_server: DevServer) -> None:
+    url, folder, _ = dev_server
     key = json.loads((folder / ".errand" / "dev.json").read_text())["api_key"]
     events: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -66,8 +79,8 @@ def test_the_four_step_flow_streams_in_order_in_dev_mode(dev_server: tuple[str, 
     assert [s["status"] for s in final["steps"]] == ["completed"] * 4
 
 
-def test_submit_wait_shows_progress_and_ends_completed(dev_server: tuple[str, Path]) -> None:
-    _, folder = dev_server
+def test_submit_wait_shows_progress_and_ends_completed(dev_server: DevServer) -> None:
+    _, folder, _ = dev_server
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
     result = subprocess.run(
         [
@@ -98,8 +111,8 @@ def test_submit_wait_shows_progress_and_ends_completed(dev_server: tuple[str, Pa
     assert "completed" in result.stdout
 
 
-def test_submit_wait_exits_non_zero_when_the_job_fails(dev_server: tuple[str, Path]) -> None:
-    _, folder = dev_server
+def test_submit_wait_exits_non_zero_when_the_job_fails(dev_server: DevServer) -> None:
+    _, folder, _ = dev_server
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRAND_")}
     payload = {"steps": [{"name": "boom", "duration_s": 0, "fail_permanently": True}]}
     result = subprocess.run(
@@ -136,8 +149,8 @@ def _errand(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_cancels_retries_watches_and_works_the_dlq(dev_server: tuple[str, Path]) -> None:
-    url, folder = dev_server
+def test_cli_cancels_retries_watches_and_works_the_dlq(dev_server: DevServer) -> None:
+    url, folder, _ = dev_server
     key = json.loads((folder / ".errand" / "dev.json").read_text())["api_key"]
     with ErrandClient(url, key) as client:
         # cancel a long job, retry it with short steps, and watch it complete

@@ -145,3 +145,8 @@ def metric_value(metrics_url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+#: Starts one more notifier replica (the integration ``notifier`` fixture): extra
+#: ``ERRAND_*`` settings as keywords; returns the process and its URL.
+StartNotifier = Callable[..., tuple["ServiceProcess", str]]

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from errand_schema.auth import create_user
 from errand_schema.models import JobType
 
-from helpers import Infra, ServiceProcess, free_port, wait_for, wait_http_ok
+from helpers import Infra, ServiceProcess, StartNotifier, free_port, wait_for, wait_http_ok
 from resources import engine_on, service_starter
 
 pytestmark = pytest.mark.integration
@@ -95,3 +95,25 @@ def system(
         {"api": api, "worker": worker, "notifier": notifier},
         f"http://127.0.0.1:{metrics_port}",
     )
+
+
+@pytest.fixture
+def notifier(
+    system: RunningSystem, start_service: Callable[..., ServiceProcess]
+) -> Iterator[StartNotifier]:
+    """Factory: one more notifier replica (extra ``ERRAND_*`` settings as keywords)."""
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> tuple[ServiceProcess, str]:
+        port = free_port()
+        proc = start_service(
+            f"notifier-{port}", ["notifier"], **{**system.env, "ERRAND_PORT": str(port), **env}
+        )
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/readyz", proc=proc)
+        return proc, url
+
+    yield start
+    for proc in started:
+        proc.stop()

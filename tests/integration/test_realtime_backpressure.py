@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,31 +21,14 @@ from errand.watch import JobWatcher
 from errand_schema.events import EventPublisher, EventType, JobEventMessage, stream_key
 from errand_schema.models import utcnow
 
-from helpers import ServiceProcess, free_port, metric_value, rss_mb, wait_for, wait_http_ok
+from helpers import (
+    StartNotifier,
+    metric_value,
+    rss_mb,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-StartNotifier = Callable[..., tuple[ServiceProcess, str]]
-
-
-@pytest.fixture
-def notifier(system: Any, start_service: Callable[..., ServiceProcess]) -> Iterator[StartNotifier]:
-    """Factory: one more notifier replica (extra ``ERRAND_*`` settings as keywords)."""
-    started: list[ServiceProcess] = []
-
-    def start(**env: str) -> tuple[ServiceProcess, str]:
-        port = free_port()
-        proc = start_service(
-            f"notifier-{port}", ["notifier"], **{**system.env, "ERRAND_PORT": str(port), **env}
-        )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/readyz", proc=proc)
-        return proc, url
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 class Feed:

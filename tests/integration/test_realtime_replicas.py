@@ -6,7 +6,6 @@ processes on the same database and Redis prefix: replicas of one installation.
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from bench.tcp_proxy import TcpProxy
 from errand.client import ErrandClient
 from errand.watch import JobWatcher
 
-from helpers import ServiceProcess, free_port, metric_value, wait_for, wait_http_ok
+from helpers import StartNotifier, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +24,6 @@ pytestmark = pytest.mark.integration
 LONG_JOB = {
     "steps": [{"name": f"s{i}", "duration_s": 0.6, "ticks": 3} for i in range(1, 8)],
 }
-
-StartNotifier = Callable[..., tuple[ServiceProcess, str]]
 
 
 class Events:
@@ -43,26 +40,6 @@ class Events:
     def seqs(self) -> list[int]:
         with self._lock:
             return [int(e["seq"]) for e in self.items]
-
-
-@pytest.fixture
-def notifier(system: Any, start_service: Callable[..., ServiceProcess]) -> Iterator[StartNotifier]:
-    """Factory: one more notifier replica (extra ``ERRAND_*`` settings as keywords)."""
-    started: list[ServiceProcess] = []
-
-    def start(**env: str) -> tuple[ServiceProcess, str]:
-        port = free_port()
-        proc = start_service(
-            f"notifier-{port}", ["notifier"], **{**system.env, "ERRAND_PORT": str(port), **env}
-        )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/readyz", proc=proc)
-        return proc, url
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def _watcher(urls: str | list[str], key: str, sink: Events, api_url: str | None = None) -> Any:

@@ -8,7 +8,6 @@ completions are still held was not held back.
 """
 
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import socketio
 
 from errand.client import ErrandClient
 
-from helpers import ServiceProcess, free_port, metric_value, wait_for, wait_http_ok
+from helpers import StartNotifier, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +25,6 @@ QUICK_JOB = {"steps": [{"name": "a", "duration_s": 0.1}]}
 FAILING_JOB = {"steps": [{"name": "render", "duration_s": 0.1, "fail_permanently": True}]}
 #: A window no test outlives: only a shutdown closes it.
 ENDLESS_WINDOW_S = "3600"
-
-StartNotifier = Callable[..., tuple[ServiceProcess, str]]
 
 
 class Recorder:
@@ -70,26 +67,6 @@ class Recorder:
         """Disconnect (if still connected)."""
         if self.client.connected:
             self.client.disconnect()
-
-
-@pytest.fixture
-def notifier(system: Any, start_service: Callable[..., ServiceProcess]) -> Iterator[StartNotifier]:
-    """Factory: one more notifier replica (extra ``ERRAND_*`` settings as keywords)."""
-    started: list[ServiceProcess] = []
-
-    def start(**env: str) -> tuple[ServiceProcess, str]:
-        port = free_port()
-        proc = start_service(
-            f"notifier-{port}", ["notifier"], **{**system.env, "ERRAND_PORT": str(port), **env}
-        )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/readyz", proc=proc)
-        return proc, url
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def _submit_and_complete(client: ErrandClient, watcher: Recorder, n: int) -> list[str]:

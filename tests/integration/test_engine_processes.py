@@ -380,9 +380,15 @@ def test_jobs_accepted_during_a_broker_outage_run_once_each_after_it_ends(
         ready = _readyz(url)
         assert ready.status_code == 503, ready.text
         assert ready.json()["checks"]["broker"] is False
-        # And the jobs wait, unpublished, in PostgreSQL
-        rows = jobs_rows(db_engine, ids)
-        assert all(r.status == "queued" and r.published_at is None for r in rows)
+
+        # And the jobs wait, unpublished, in PostgreSQL (the reconciler's tries mark a
+        # job admitted for the moment its failing send takes, then undo it)
+        def waiting_unpublished() -> bool:
+            rows = jobs_rows(db_engine, ids)
+            assert all(r.status == "queued" for r in rows)
+            return all(r.published_at is None for r in rows)
+
+        wait_for(waiting_unpublished, 10, 0.05, what="the jobs to wait unpublished")
         # And the worker's reconciler has tried (and failed) to publish them
         wait_for(
             lambda: "reconciler pass failed" in worker.log(),

@@ -16,7 +16,8 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import case, func, or_, text
+from sqlalchemy import Table, bindparam, case, func, or_, text
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from errand_schema.events import JobEventMessage
@@ -41,6 +42,14 @@ ADMIT_KEY = "errand.admit"
 #: Queued and not admitted yet, as literal SQL (the predicate of ``ix_jobs_waiting``).
 _WAITING = text(" AND ".join(f"jobs.{c}" for c in WAITING_SQL.split(" AND ")))
 EVENTS_KEY = "errand.side_events"
+# The two probes run after every finished step, built once as Core statements on the
+# tables (no ORM compile state, a compiled-cache hit each time).
+_JOBS: Table = Job.__table__  # type: ignore[attr-defined]
+_DEPS: Table = JobDependency.__table__  # type: ignore[attr-defined]
+_HAS_WAITING = (
+    core_select(_JOBS.c.id).where(_JOBS.c.owner_id == bindparam("owner"), _WAITING).limit(1)
+)
+_DEPENDENTS = core_select(_DEPS.c.job_id).where(_DEPS.c.depends_on_id == bindparam("job"))
 
 
 def lock_owner(session: Session, owner_id: uuid.UUID) -> None:
@@ -126,8 +135,7 @@ def admit(
 
 def has_waiting(session: Session, owner_id: uuid.UUID) -> bool:
     """Whether the user has queued jobs not admitted yet (``ix_jobs_waiting``)."""
-    stmt = select(Job.id).where(col(Job.owner_id) == owner_id, _WAITING).limit(1)
-    return session.exec(stmt).first() is not None
+    return session.execute(_HAS_WAITING, {"owner": owner_id}).first() is not None
 
 
 def owners_waiting(session: Session, limit: int = 500) -> list[uuid.UUID]:
@@ -174,8 +182,7 @@ def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None
 
 def dependents(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
     """Return the jobs that wait for ``job_id``."""
-    stmt = select(JobDependency.job_id).where(JobDependency.depends_on_id == job_id)
-    return list(session.exec(stmt).all())
+    return list(session.execute(_DEPENDENTS, {"job": job_id}).scalars())
 
 
 def dependencies(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:

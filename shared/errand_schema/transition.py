@@ -95,6 +95,29 @@ def append_event(
     return JobEventMessage.from_row(row, job.owner_id)
 
 
+def event_messages(owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[JobEventMessage]:
+    """The wire events of audit rows written with Core statements (no ORM row).
+
+    Each row holds the ``job_events`` columns (``job_id, seq, type, status, progress,
+    step, message, data, at``...), as the hot path in the worker inserts them.
+    """
+    return [
+        JobEventMessage(
+            job_id=r["job_id"],
+            owner=owner_id,
+            seq=r["seq"],
+            type=EventType(r["type"]),
+            status=r["status"],
+            progress=r["progress"],
+            step=r["step"],
+            message=r["message"],
+            data=r["data"],
+            at=r["at"],
+        )
+        for r in rows
+    ]
+
+
 def transition_job(
     session: Session,
     job: Job,
@@ -142,11 +165,11 @@ def transition_job(
     if to_status in FINISHED_STATUSES:
         # Its slot is free; the jobs waiting for it may go on (or fail with it).
         flow.note_admit(session, job.owner_id)
-        _settle_dependents(session, job, at)
+        settle_dependents(session, job, at)
     return event
 
 
-def _settle_dependents(session: Session, job: Job, at: datetime) -> None:
+def settle_dependents(session: Session, job: Job, at: datetime) -> None:
     """Queue the blocked dependents whose dependencies all completed; fail them all,
     through the whole graph, when ``job`` ended otherwise."""
     for dependent_id in flow.dependents(session, job.id):

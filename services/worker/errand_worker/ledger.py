@@ -21,7 +21,8 @@ from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobAttempt, JobStep, utcnow
 from errand_schema.retry import RetryPolicy
 from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
-from errand_schema.transition import append_event, lock_job, transition_job
+from errand_schema.transition import append_event, event_messages, lock_job, transition_job
+from errand_worker import hotpath
 from errand_worker.errors import JobCancelled, LeaseLost
 from errand_worker.holds import park_held
 from errand_worker.registry import JobTypeSpec, StepSpec
@@ -57,6 +58,15 @@ class Claim:
     breaker: str | None = None
     #: The ``job_attempts`` row of this attempt (known after the claim's commit).
     attempt_row: "JobAttempt | None" = None
+    #: Its id, when the claim wrote it with a Core statement (the hot path).
+    attempt_id: int | None = None
+
+    @property
+    def attempt_key(self) -> int | None:
+        """The id of this attempt's ``job_attempts`` row, if known."""
+        if self.attempt_id is not None:
+            return self.attempt_id
+        return self.attempt_row.id if self.attempt_row is not None else None
 
     @property
     def step(self) -> StepSpec:
@@ -87,6 +97,9 @@ class NextMessage:
 def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
     """Take the lease on the message's step, or say why not."""
     with rt.transaction() as (s, events):
+        usual = _claim_usual(rt, s, events, msg)
+        if usual is not None:
+            return usual
         job = lock_job(s, msg.job_id)
         if job is None:
             return Refusal("no such job")
@@ -114,6 +127,65 @@ def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
         else:
             attempt = msg.attempt
         return _start(rt, s, events, job, attempt)
+
+
+def _claim_usual(
+    rt: WorkerRuntime, s: Session, events: list[JobEventMessage], msg: RunJobStep
+) -> Claim | None:
+    """The usual claim in a few Core statements (:mod:`errand_worker.hotpath`).
+
+    Applies to a job free to start the message's step (no lease, no cancel request, no
+    hold, the expected attempt) of a known type without a breaker or a concurrency limit,
+    in no paused queue. Returns None, having written nothing, in every other case: the
+    general path then decides (and records why it refuses).
+    """
+    conn = s.connection()
+    job = conn.execute(hotpath.READ_JOB, {"b_id": msg.job_id}).first()
+    if (
+        job is None
+        or job.status not in hotpath.CLAIMABLE
+        or job.step_index != msg.step_index
+        or job.lease_owner is not None
+        or job.cancel_requested_at is not None
+        or job.held_at is not None
+        or msg.attempt != job.attempt + 1
+    ):
+        return None
+    spec = rt.registry.get(job.type)
+    if spec is None or spec.breaker is not None or spec.concurrency_limit:
+        return None
+    if rt.gates is not None and rt.gates.is_paused(s, job.queue, job.type):
+        return None
+    try:
+        payload = spec.payload.model_validate(job.payload)
+    except ValidationError:
+        return None
+    plan = spec.plan(payload)
+    index = job.step_index
+    rows: list[Any] = list(conn.execute(hotpath.READ_STEPS, {"b_id": msg.job_id}).all())
+    if not rows and index == 0:
+        rows = hotpath.add_steps(conn, msg.job_id, [p.name for p in plan])
+    if index >= len(plan) or index >= len(rows):
+        return None
+    now = utcnow()
+    taken = hotpath.take_lease(
+        conn,
+        job=job,
+        job_id=msg.job_id,
+        attempt=msg.attempt,
+        step=rows[index][1],
+        worker=rt.worker,
+        lease_until=now + timedelta(seconds=rt.lease_s),
+        now=now,
+    )
+    if taken is None:
+        return None
+    attempt_id, written = taken
+    events.extend(event_messages(job.owner_id, written))
+    outputs = {name: output for _, name, output in rows[:index]}
+    claim = _claim(rt, msg.job_id, job, spec, payload, plan, msg.attempt, outputs)
+    claim.attempt_id = attempt_id
+    return claim
 
 
 def _start(
@@ -172,9 +244,26 @@ def _start(
             },
         )
     )
+    outputs = {r.name: r.output for r in rows[: job.step_index]}
+    claim = _claim(rt, job.id, job, spec, payload, plan, attempt, outputs)
+    claim.slot, claim.breaker, claim.attempt_row = slot, breaker, attempt_row
+    return claim
+
+
+def _claim(
+    rt: WorkerRuntime,
+    job_id: uuid.UUID,
+    job: Any,
+    spec: JobTypeSpec,
+    payload: BaseModel,
+    plan: list[StepSpec],
+    attempt: int,
+    outputs: dict[str, Any],
+) -> Claim:
+    """The claim of the job's current step (``job``: the ORM row or a Core row)."""
     step = plan[job.step_index]
     return Claim(
-        job_id=job.id,
+        job_id=job_id,
         owner=job.owner_id,
         spec=spec,
         payload=payload,
@@ -185,11 +274,8 @@ def _start(
         queue=job.queue,
         priority=job.priority,
         timeout_s=step.timeout_s or job.timeout_s or spec.timeout_s or rt.default_step_timeout_s,
-        outputs={r.name: r.output for r in rows[: job.step_index]},
+        outputs=outputs,
         trace_context=job.trace_context,
-        slot=slot,
-        breaker=breaker,
-        attempt_row=attempt_row,
     )
 
 
@@ -445,7 +531,7 @@ def finish_attempt(
             "error_message": error.get("message"),
             "traceback": error.get("traceback"),
         }
-    known = claim.attempt_row.id if claim.attempt_row is not None else None
+    known = claim.attempt_key
     if known is not None:
         s.execute(update(JobAttempt).where(col(JobAttempt.id) == known).values(**values))
         return

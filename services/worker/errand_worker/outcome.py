@@ -7,11 +7,19 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from errand_schema.events import EventType
+from errand_schema import flow
+from errand_schema.events import EventType, JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_schema.models import JobStep, utcnow
 from errand_schema.states import JobStatus, StepStatus
-from errand_schema.transition import append_event, transition_job
+from errand_schema.transition import (
+    append_event,
+    event_messages,
+    lock_job,
+    settle_dependents,
+    transition_job,
+)
+from errand_worker import hotpath
 from errand_worker.alerts import alert_dead_job
 from errand_worker.holds import park_held
 from errand_worker.ledger import (
@@ -45,6 +53,9 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
     """
     actor = f"worker:{rt.worker}"
     with rt.transaction() as (s, events):
+        fast = _complete_usual(s, events, claim, output, duration_ms, rt.worker)
+        if fast is not None:
+            return fast
         job = fenced_job(s, claim, rt.worker)
         # One UPDATE, no read: the claim already knows the step.
         s.execute(
@@ -91,6 +102,51 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
             return Outcome("held")  # resumes at this next step once released
         nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
         return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
+
+
+def _complete_usual(
+    s: Session,
+    events: list[JobEventMessage],
+    claim: Claim,
+    output: Any,
+    duration_ms: float,
+    worker: str,
+) -> Outcome | None:
+    """The usual completion in a few Core statements (:mod:`errand_worker.hotpath`);
+    None when something unusual applies (the caller then takes the general path)."""
+    attempt_id = claim.attempt_key
+    if attempt_id is None:
+        return None
+    now = utcnow()
+    index = claim.step_index
+    done = hotpath.complete(
+        s.connection(),
+        job_id=claim.job_id,
+        worker=worker,
+        attempt=claim.attempt,
+        run=claim.run,
+        index=index,
+        attempt_id=attempt_id,
+        steps=[step.name for step in claim.steps],
+        progress=overall_progress(index + 1, len(claim.steps), 0),
+        output=output,
+        duration_ms=duration_ms,
+        now=now,
+    )
+    if done is None:
+        return None
+    _, owner, rows = done
+    events.extend(event_messages(owner, rows))
+    if index + 1 < len(claim.steps):
+        nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
+        return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
+    # Its slot is free; the jobs waiting for it may go on (or fail with it).
+    flow.note_admit(s, owner)
+    if flow.dependents(s, claim.job_id):
+        job = lock_job(s, claim.job_id)
+        assert job is not None
+        settle_dependents(s, job, now)
+    return Outcome("completed")
 
 
 def fail_step(

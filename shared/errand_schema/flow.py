@@ -49,6 +49,7 @@ _DEPS: Table = JobDependency.__table__  # type: ignore[attr-defined]
 _HAS_WAITING = (
     core_select(_JOBS.c.id).where(_JOBS.c.owner_id == bindparam("owner"), _WAITING).limit(1)
 )
+_PAUSES = core_select(Pause.__table__.c.kind, Pause.__table__.c.name)  # type: ignore[attr-defined]
 _DEPENDENTS = core_select(_DEPS.c.job_id).where(_DEPS.c.depends_on_id == bindparam("job"))
 
 
@@ -81,11 +82,33 @@ def user_cap(session: Session, owner_id: uuid.UUID, default_cap: int) -> int:
 
 def paused(session: Session) -> tuple[set[str], set[str]]:
     """Return the paused queues and job types."""
-    rows = session.exec(select(Pause)).all()
+    rows = session.execute(_PAUSES).all()
     return (
-        {p.name for p in rows if p.kind == "queue"},
-        {p.name for p in rows if p.kind == "job_type"},
+        {name for kind, name in rows if kind == "queue"},
+        {name for kind, name in rows if kind == "job_type"},
     )
+
+
+def admit_new(session: Session, job: Job, default_cap: int, now: datetime | None = None) -> bool:
+    """Admit a job being submitted, before its row is written, when nothing can hold it
+    back: its user has no in-flight cap, it is ``queued`` (not scheduled, blocked or
+    held) and neither its queue nor its type is paused.
+
+    The usual submission of an uncapped user so skips :func:`admit`'s read of the row
+    (``FOR UPDATE``) and its second write; every other case goes through :func:`admit`.
+    """
+    if job.status != JobStatus.QUEUED or job.held_at is not None or job.published_at:
+        return False
+    # No autoflush: the job's INSERT is to carry ``published_at``, not be followed by
+    # an UPDATE of it.
+    with session.no_autoflush:
+        if user_cap(session, job.owner_id, default_cap) > 0:
+            return False
+        queues, types = paused(session)
+    if job.queue in queues or job.type in types:
+        return False
+    job.published_at = now or utcnow()
+    return True
 
 
 def admit(

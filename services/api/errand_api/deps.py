@@ -1,11 +1,12 @@
 """FastAPI dependencies: settings, database session, the caller, shared services."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import dramatiq
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -56,8 +57,8 @@ class RedisPing:
             return False
 
 
-def get_services(request: Request) -> Services:
-    """Return the app's services."""
+async def get_services(request: Request) -> Services:
+    """Return the app's services (``async``: no I/O, so no hop to a worker thread)."""
     services: Services = request.app.state.services
     return services
 
@@ -65,10 +66,22 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
-    """Yield a database session for one request."""
-    with Session(services.engine, expire_on_commit=False) as session:
+async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
+    """Yield a database session for one request.
+
+    ``async`` so that FastAPI needs no worker thread to open it and none to close it
+    when the route already handed its connection back (a session makes no I/O until
+    first used). A session still holding a connection is closed in a worker thread:
+    its rollback is I/O, which must not block the event loop.
+    """
+    session = Session(services.engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
@@ -383,3 +384,40 @@ def test_errand_pause_resume_pauses_and_breakers(
     assert "breaker" in listed.output
     missing = cli.invoke(cli_app, ["breakers", "--close", "type:none"])
     assert missing.exit_code == 1
+
+
+def test_an_uncapped_users_job_is_admitted_as_it_is_written_unless_its_queue_is_paused(
+    api_client: TestClient, dev_system: DevSystem
+) -> None:
+    with Session(dev_system.engine) as s:
+        admin = s.exec(select(User).where(User.role == "admin")).one()
+        admin.max_in_flight = 0  # no cap
+        s.add(admin)
+        s.commit()
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(dev_system.engine, "before_cursor_execute", note)
+    try:
+        admitted = submit(api_client, "flow.nap", {"seconds": 0})
+        writes = [s for s in statements if s.startswith(("INSERT INTO jobs", "UPDATE jobs"))]
+        assert running_message_sent(dev_system, admitted)
+        assert api_client.post("/v1/admin/pause", json={"queue": "flow"}).status_code == 200
+        held_back = submit(api_client, "flow.nap", {"seconds": 0})
+    finally:
+        event.remove(dev_system.engine, "before_cursor_execute", note)
+    # One INSERT that carries the admission, no UPDATE of it after
+    assert len(writes) == 1, writes
+    assert writes[0].startswith("INSERT INTO jobs")
+    with Session(dev_system.engine) as s:
+        assert s.get(Job, uuid.UUID(admitted)).published_at is not None  # type: ignore[union-attr]
+        assert s.get(Job, uuid.UUID(held_back)).published_at is None  # type: ignore[union-attr]
+    assert not running_message_sent(dev_system, held_back)
+
+
+def running_message_sent(system: DevSystem, job_id: str) -> bool:
+    """Whether a step message for the job waits in the dev broker's queues (encoded)."""
+    queues = system.broker.queues  # type: ignore[attr-defined]
+    return any(job_id.encode() in raw for queue in queues.values() for raw in list(queue.queue))

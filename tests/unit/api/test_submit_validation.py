@@ -141,3 +141,13 @@ def test_payload_over_the_payload_limit_is_422(
     resp = api_client.post("/v1/jobs", json={"type": "noop", "payload": {"x": "y" * 200}})
     _assert_problem(resp, 422, "payload")
     assert _job_count(dev_system) == 0
+
+
+def test_every_answer_carries_the_request_id_given_or_made(api_client: TestClient) -> None:
+    given = api_client.get("/v1/jobs", headers={"X-Request-ID": "req-abc-123"})
+    assert given.status_code == 200
+    assert given.headers["X-Request-ID"] == "req-abc-123"
+    made = api_client.post("/v1/jobs", json={"payload": {}})
+    problem = _assert_problem(made, 422, "type")
+    assert made.headers["X-Request-ID"] == problem["request_id"]
+    assert len(problem["request_id"]) == 36  # a fresh UUID

@@ -18,7 +18,7 @@ from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
-from errand_schema.flow import user_cap
+from errand_schema.flow import admit_new, message_for, user_cap
 from errand_schema.models import Job, User
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
@@ -68,6 +68,9 @@ def submit_job(
     take_tokens(session, services, principal, response, 1)
     created = create_job(session, services.catalog, principal, body, services.rules)
     job = created.job
+    cap = services.settings.max_in_flight_per_user
+    # Admitted as it is written when nothing can hold it back (no cap, no pause).
+    at_once = created.new and admit_new(session, job, cap)
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
     try:
@@ -75,6 +78,8 @@ def submit_job(
         session.flush()
         # Admitted in the same transaction: one commit, then the message.
         admitted = admit(services, session, job.owner_id) if created.new else []
+        if at_once:
+            admitted.insert(0, message_for(job))
         session.commit()
     except IntegrityError:
         # A concurrent request with the same key won: answer with its job.

@@ -427,35 +427,46 @@ def test_an_admitted_job_whose_message_was_lost_is_published_again(
     db_engine: Engine,
     start_worker: WorkerFactory,
 ) -> None:
-    # Given a job accepted while no worker runs
+    # Given two jobs accepted while no worker runs
     headers = {"Authorization": f"Bearer {user_key}"}
     body = {"type": "demo.pipeline", "payload": TWO_QUICK_STEPS}
-    answer = httpx.post(f"{api_url}/v1/jobs", json=body, headers=headers, timeout=30)
-    assert answer.status_code == 202, answer.text
-    job_id = answer.json()["id"]
-    # And its message lost after its admission was committed (what an API killed
+    job_id, between = [
+        httpx.post(f"{api_url}/v1/jobs", json=body, headers=headers, timeout=30).json()["id"]
+        for _ in range(2)
+    ]
+    # And their messages lost after their admission was committed (what an API killed
     # between its commit and its publish leaves), a minute ago
     with pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url)) as conn:
         channel = conn.channel()
         lost = channel.queue_purge("default").method.message_count
-    assert lost >= 1
+    assert lost >= 2
+    a_minute_ago = datetime.now(UTC) - timedelta(seconds=60)
     with Session(db_engine) as session:
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None
         assert job.status == "queued"
         assert job.published_at is not None
-        job.published_at = datetime.now(UTC) - timedelta(seconds=60)
+        job.published_at = a_minute_ago
         session.add(job)
+        # The second one between its steps: its first step done, the hand-off to the
+        # second marked sent, and that message lost (a worker killed after the commit
+        # of the first step and before its send)
+        other = session.get(Job, uuid.UUID(between))
+        assert other is not None
+        other.status, other.step_index, other.step = "running", 1, "second"
+        other.started_at, other.published_at = a_minute_ago, a_minute_ago
+        session.add(other)
         session.commit()
 
     # When a worker starts (its reconciler finds the queue empty)
     worker = start_worker("lost-message-worker", ERRAND_LOST_MESSAGE_AFTER_S="30")
     wait_worker_ready(worker)
 
-    # Then the job is sent again and runs, each step exactly once
-    [row] = wait_all_finished(db_engine, [job_id], 60)
-    assert row.status == "completed"
+    # Then both are sent again and run, each step exactly once
+    rows = wait_all_finished(db_engine, [job_id, between], 60)
+    assert [row.status for row in rows] == ["completed", "completed"]
     assert [(a.step_index, a.attempt) for a in attempts_of(db_engine, job_id)] == [(0, 1), (1, 1)]
+    assert [(a.step_index, a.attempt) for a in attempts_of(db_engine, between)] == [(1, 1)]
     assert "their messages were lost; sent again" in worker.log()
 
 

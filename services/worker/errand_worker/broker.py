@@ -66,16 +66,41 @@ def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
 def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
     """Return the function the runner sends step messages with."""
 
-    def enqueue(msg: RunJobStep, queue: str, priority: str, delay_ms: int | None) -> None:
+    def enqueue(
+        msg: RunJobStep,
+        queue: str,
+        priority: str,
+        delay_ms: int | None,
+        *,
+        marked: bool = False,
+        continuation: bool = False,
+    ) -> None:
+        level = BROKER_PRIORITY[Priority(priority)]
+        if continuation:
+            level = min(level + 1, MAX_PRIORITY)
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=queue,
             actor_name=step_actor_name(queue),
             args=(msg.model_dump(mode="json"),),
             kwargs={},
-            options={"broker_priority": BROKER_PRIORITY[Priority(priority)]},
+            options={"broker_priority": level},
         )
         sent_at = utcnow()
-        broker.enqueue(message, delay=delay_ms)
+        try:
+            broker.enqueue(message, delay=delay_ms)
+        except Exception:
+            if marked:
+                # Not sent after all: the reconciler's next pass sends it.
+                unmark = (
+                    update(Job)
+                    .where(col(Job.id) == msg.job_id, col(Job.lease_owner).is_(None))
+                    .values(published_at=None)
+                )
+                with engine.begin() as conn:
+                    conn.execute(unmark)
+            raise
+        if marked:
+            return
         # Only if nobody touched the job since: a consumer may already have taken this
         # message and left the job waiting (paused), which needs published_at NULL.
         stmt = (

@@ -72,7 +72,8 @@ ADVANCE_JOB = (
         step_index=bindparam("b_next_index"),
         step=bindparam("b_next_step"),
         attempt=0,
-        published_at=None,
+        # Marked sent here, in the same transaction, not by a second one after the send.
+        published_at=bindparam("b_now"),
     )
     .returning(_JOBS.c.seq, _JOBS.c.owner_id)
 )

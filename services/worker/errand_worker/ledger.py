@@ -92,6 +92,10 @@ class NextMessage:
     queue: str
     priority: str
     delay_ms: int | None = None
+    #: The job's ``published_at`` was set in the transaction that decided this send.
+    marked: bool = False
+    #: The next step of a running job (sent ahead of new jobs of its priority).
+    continuation: bool = False
 
 
 def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:

@@ -101,7 +101,7 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
         if park_held(s, events, job, actor):
             return Outcome("held")  # resumes at this next step once released
         nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
-        return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
+        return Outcome("next", NextMessage(nxt, claim.queue, claim.priority, continuation=True))
 
 
 def _complete_usual(
@@ -139,7 +139,8 @@ def _complete_usual(
     events.extend(event_messages(owner, rows))
     if index + 1 < len(claim.steps):
         nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
-        return Outcome("next", NextMessage(nxt, claim.queue, claim.priority))
+        sent = NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
+        return Outcome("next", sent)
     # Its slot is free; the jobs waiting for it may go on (or fail with it).
     flow.note_admit(s, owner)
     if flow.dependents(s, claim.job_id):

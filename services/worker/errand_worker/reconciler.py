@@ -162,8 +162,11 @@ class Reconciler:
         sends the message after the commit; an API or worker killed in between, or an
         un-admit that could not run (the database pool exhausted during a broker outage:
         the benchmark's broker cut lost 3-54 jobs this way), leaves a queued job marked
-        admitted with no message, which nothing else would ever send. Such a job is
-        ``queued``, admitted over ``lost_after_s`` ago and not started, and its queue
+        admitted with no message, which nothing else would ever send. The same holds for
+        a running job between two steps: the completion of a step marks the hand-off
+        sent in its own transaction (``hotpath``), and a worker killed before the send
+        leaves it so. Such a job is ``queued`` (or ``running`` with no lease), marked
+        over ``lost_after_s`` ago and not started since, and its queue
         holds no ready or delayed message in RabbitMQ (a job behind a backlog is not
         lost: its message is in that backlog). The message is sent again; should the
         first still turn up (a busy consumer's prefetch), the attempt fence refuses the
@@ -179,7 +182,7 @@ class Reconciler:
                 for j in s.exec(
                     select(Job)
                     .where(
-                        col(Job.status) == JobStatus.QUEUED,
+                        col(Job.status).in_((JobStatus.QUEUED, JobStatus.RUNNING)),
                         col(Job.published_at) < cutoff,
                         col(Job.lease_owner).is_(None),
                         col(Job.held_at).is_(None),

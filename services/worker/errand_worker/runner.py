@@ -112,7 +112,14 @@ def _attempt_span(claim: Claim) -> Any:
 def _send_next(rt: WorkerRuntime, outcome: Outcome) -> None:
     if outcome.next is not None:
         nxt = outcome.next
-        rt.enqueue(nxt.message, nxt.queue, nxt.priority, nxt.delay_ms)
+        rt.enqueue(
+            nxt.message,
+            nxt.queue,
+            nxt.priority,
+            nxt.delay_ms,
+            marked=nxt.marked,
+            continuation=nxt.continuation,
+        )
 
 
 def _refused(rt: WorkerRuntime, msg: RunJobStep, refusal: Refusal) -> Refusal:

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col
@@ -23,8 +23,28 @@ if TYPE_CHECKING:
     from errand_worker.gates import FlowGates
     from errand_worker.reconciler import Reconciler
 
-#: Sends a step message: (message, queue, priority name, delay in ms or None).
-Enqueue = Callable[[RunJobStep, str, str, int | None], None]
+
+class Enqueue(Protocol):
+    """Sends a step message: (message, queue, priority name, delay in ms or None).
+
+    ``marked``: the caller already set the job's ``published_at`` in its own
+    transaction (no second write after the send; undone if the send fails).
+    ``continuation``: the next step of a running job, sent one broker priority above
+    its job's (within its band: a continuation goes ahead of new jobs of the same
+    priority, never of a higher one).
+    """
+
+    def __call__(
+        self,
+        msg: RunJobStep,
+        queue: str,
+        priority: str,
+        delay_ms: int | None,
+        *,
+        marked: bool = False,
+        continuation: bool = False,
+    ) -> None:
+        """Send ``msg``."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from the user room's ``jobs_summary``."""
 
 import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,6 +33,10 @@ RECORD_TOASTS = """() => {
     }
   }).observe(document.getElementById("toasts"), { childList: true });
 }"""
+
+
+#: The notifier's summary window (``ERRAND_SUMMARY_WINDOW_S``, its default in dev mode).
+WINDOW_S = 2.0
 
 
 def _quick(name: str, **step: Any) -> dict[str, Any]:
@@ -124,15 +129,21 @@ def test_finished_jobs_make_one_summary_toast_and_failures_one_each(
     ui: BrowserPage, dev_server: DevServer
 ) -> None:
     page = ui.page
-    # Given no job of an earlier test is still on its way (its completion would land in
-    # this test's summary window)
-    busy = {"status": ["queued", "running", "retrying"], "limit": 1}
+    # Given no job of an earlier test is still on its way, nor finished so recently that
+    # its summary window (per user, kept by the notifier) is still open: its completion
+    # would be counted with this test's
 
-    def idle() -> bool:
-        resp = dev_server.http.get("/v1/jobs", params=busy)
-        return resp.status_code == 200 and not resp.json()["data"]
+    def quiet() -> bool:
+        resp = dev_server.http.get("/v1/jobs", params={"limit": 100})
+        if resp.status_code != 200:
+            return False
+        jobs = resp.json()["data"]
+        if any(j["status"] in ("queued", "running", "retrying") for j in jobs):
+            return False
+        ends = [datetime.fromisoformat(j["finished_at"]) for j in jobs if j["finished_at"]]
+        return not ends or datetime.now(UTC) - max(ends) > timedelta(seconds=WINDOW_S + 0.5)
 
-    wait_for(idle, 60, 0.2, what="earlier tests' jobs to finish")
+    wait_for(quiet, 60, 0.2, what="earlier tests' jobs and summary windows to close")
     sign_in(page, dev_server.url, dev_server.api_key, path="/demo")
     # And the page's user-room connection is up and every toast is recorded
     expect(page.locator("#app-header")).to_have_attribute("data-summaries", "live")

@@ -78,8 +78,12 @@ class CatchUp:
         ``sweep_s`` (0: never) otherwise; until cancelled."""
         since_sweep = 0.0
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose inner wait
+            # ends as the task is cancelled swallows the cancellation, and the shutdown
+            # that awaits this task then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(relay.recovered.wait(), interval_s)
+                async with asyncio.timeout(interval_s):
+                    await relay.recovered.wait()
             since_sweep += interval_s
             due = not relay.stream_up or relay.recovered.is_set()
             if sweep_s and since_sweep >= sweep_s:

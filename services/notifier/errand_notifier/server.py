@@ -46,6 +46,10 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
     return sio
 
 
+#: How long the shutdown waits for the notifier's loops to stop.
+SHUTDOWN_WAIT_S = 5.0
+
+
 @contextlib.asynccontextmanager
 async def run_relay(
     sio: socketio.AsyncServer, redis: Any, settings: NotifierSettings
@@ -76,6 +80,7 @@ async def run_relay(
             logger.warning("sending the open jobs_summary windows failed", exc_info=True)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a task that ignores its cancellation must not hold the shutdown.
+        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        for task in stuck:
+            logger.warning("%s did not stop within %s s", task.get_name(), SHUTDOWN_WAIT_S)

@@ -97,8 +97,9 @@ class Summaries:
                 await self._wake.wait()
                 continue
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see catchup.run
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 continue
             try:
                 await self.flush_due()

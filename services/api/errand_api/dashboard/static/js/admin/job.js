@@ -130,6 +130,10 @@ export function renderJob(ctx, route) {
         job = fresh;
         drawAll();
       }
+      // A read can overtake the live events it includes (they are then skipped as
+      // old): the history catches up from the job's own seq.
+      const lastSeen = history.length ? history[history.length - 1].seq : 0;
+      if (fresh.seq > lastSeen) refreshEvents();
     } catch (err) {
       setText(problem, `Could not read the job: ${err.message}`);
     }

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -40,6 +39,10 @@ class JwtVerifier:
     def __init__(self, config: JwtConfig) -> None:
         if not config.secret and not config.jwks_url:
             raise ValueError("a JWT issuer needs a shared secret or a JWKS URL")
+        # Local: PyJWT and its cryptography backend (~9 MB resident) load only in a
+        # process that has an issuer configured.
+        import jwt
+
         self._config = config
         self._jwks = jwt.PyJWKClient(config.jwks_url) if config.jwks_url else None
 
@@ -50,6 +53,8 @@ class JwtVerifier:
 
     def claims(self, token: str) -> dict[str, Any] | None:
         """Return the verified claims, or ``None`` for any invalid or expired token."""
+        import jwt  # loaded by __init__ already: a dictionary lookup
+
         cfg = self._config
         try:
             if self._jwks is not None:

@@ -96,26 +96,10 @@ def append_event(
 
 
 def event_messages(owner_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[JobEventMessage]:
-    """The wire events of audit rows written with Core statements (no ORM row).
-
-    Each row holds the ``job_events`` columns (``job_id, seq, type, status, progress,
-    step, message, data, at``...), as the hot path in the worker inserts them.
-    """
-    return [
-        JobEventMessage(
-            job_id=r["job_id"],
-            owner=owner_id,
-            seq=r["seq"],
-            type=EventType(r["type"]),
-            status=r["status"],
-            progress=r["progress"],
-            step=r["step"],
-            message=r["message"],
-            data=r["data"],
-            at=r["at"],
-        )
-        for r in rows
-    ]
+    """The wire events of audit rows written with Core statements (no ORM row), as the
+    worker's hot path inserts them (the ``job_events`` columns; those the wire does not
+    carry, like ``actor``, are left out)."""
+    return [JobEventMessage.model_validate({**r, "owner": owner_id}) for r in rows]
 
 
 def transition_job(
@@ -163,25 +147,34 @@ def transition_job(
         now=at,
     )
     if to_status in FINISHED_STATUSES:
-        # Its slot is free; the jobs waiting for it may go on (or fail with it).
-        flow.note_admit(session, job.owner_id)
-        settle_dependents(session, job, at)
+        job_finished(session, job.id, job.owner_id, to_status, at)
     return event
 
 
-def settle_dependents(session: Session, job: Job, at: datetime) -> None:
+def job_finished(
+    session: Session, job_id: uuid.UUID, owner_id: uuid.UUID, status: JobStatus, at: datetime
+) -> None:
+    """What a job reaching a final status sets off, in its transaction: its slot is free
+    (the owner's waiting jobs may be admitted) and its dependents go on or fail with it."""
+    flow.note_admit(session, owner_id)
+    _settle_dependents(session, job_id, status, at)
+
+
+def _settle_dependents(
+    session: Session, job_id: uuid.UUID, status: JobStatus, at: datetime
+) -> None:
     """Queue the blocked dependents whose dependencies all completed; fail them all,
-    through the whole graph, when ``job`` ended otherwise."""
-    for dependent_id in flow.dependents(session, job.id):
+    through the whole graph, when the job ended otherwise."""
+    for dependent_id in flow.dependents(session, job_id):
         dependent = lock_job(session, dependent_id)
         if dependent is None or dependent.status != JobStatus.BLOCKED:
             continue
-        if job.status != JobStatus.COMPLETED:
+        if status != JobStatus.COMPLETED:
             dependent.error = {
                 "type": "DependencyFailed",
-                "message": f"dependency {job.id} ended {job.status}",
+                "message": f"dependency {job_id} ended {status}",
                 "reason": "dependency_failed",
-                "dependency": str(job.id),
+                "dependency": str(job_id),
             }
             flow.note_events(
                 session,
@@ -191,8 +184,8 @@ def settle_dependents(session: Session, job: Job, at: datetime) -> None:
                         dependent,
                         JobStatus.FAILED,
                         actor="dependencies",
-                        message=f"dependency {job.id} ended {job.status}",
-                        data={"reason": "dependency_failed", "dependency": str(job.id)},
+                        message=f"dependency {job_id} ended {status}",
+                        data={"reason": "dependency_failed", "dependency": str(job_id)},
                         now=at,
                     )
                 ],

@@ -304,7 +304,8 @@ def complete(
     duration_ms: float,
     now: datetime,
 ) -> tuple[int, uuid.UUID, list[dict[str, Any]]] | None:
-    """Record step ``index``'s completion if the usual case applies.
+    """Record step ``index``'s completion if the usual case applies (``progress``: the
+    job's after it, 100 after the last step).
 
     Returns:
         ``(seq, owner, event rows)`` (the rows are written), or None when the fence did
@@ -339,7 +340,7 @@ def complete(
             seq - 1 if last else seq,
             EventType.STEP,
             JobStatus.RUNNING,
-            progress=100 if last else progress,
+            progress=progress,
             step=name,
             message=f"step {name} completed",
             data={

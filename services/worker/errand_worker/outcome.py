@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from errand_schema import flow
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_schema.models import JobStep, utcnow
@@ -15,8 +14,7 @@ from errand_schema.states import JobStatus, StepStatus
 from errand_schema.transition import (
     append_event,
     event_messages,
-    lock_job,
-    settle_dependents,
+    job_finished,
     transition_job,
 )
 from errand_worker import hotpath
@@ -141,12 +139,7 @@ def _complete_usual(
         nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
         sent = NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
         return Outcome("next", sent)
-    # Its slot is free; the jobs waiting for it may go on (or fail with it).
-    flow.note_admit(s, owner)
-    if flow.dependents(s, claim.job_id):
-        job = lock_job(s, claim.job_id)
-        assert job is not None
-        settle_dependents(s, job, now)
+    job_finished(s, claim.job_id, owner, JobStatus.COMPLETED, now)
     return Outcome("completed")
 
 

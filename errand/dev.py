@@ -70,13 +70,16 @@ def build_dev_system(
     job_modules: list[str] | None = None,
     worker_options: dict[str, Any] | None = None,
     span_exporter: SpanExporter | None = None,
+    database_url: str | None = None,
 ) -> DevSystem:
     """Create the database, broker, worker threads and the combined ASGI app.
 
     The worker threads are created but not started: call ``worker.start()``.
+    ``database_url``: another database than the data folder's SQLite file (tests run the
+    in-process system on PostgreSQL this way).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    db_url = f"sqlite:///{data_dir / 'dev.db'}"
+    db_url = database_url or f"sqlite:///{data_dir / 'dev.db'}"
     upgrade_database(db_url)
     engine = create_db_engine(db_url)
     key = api_key or generate_key()

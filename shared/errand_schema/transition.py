@@ -152,12 +152,26 @@ def transition_job(
 
 
 def job_finished(
-    session: Session, job_id: uuid.UUID, owner_id: uuid.UUID, status: JobStatus, at: datetime
+    session: Session,
+    job_id: uuid.UUID,
+    owner_id: uuid.UUID,
+    status: JobStatus,
+    at: datetime,
+    *,
+    waiting: bool | None = None,
+    dependents: bool | None = None,
 ) -> None:
     """What a job reaching a final status sets off, in its transaction: its slot is free
-    (the owner's waiting jobs may be admitted) and its dependents go on or fail with it."""
-    flow.note_admit(session, owner_id)
-    _settle_dependents(session, job_id, status, at)
+    (the owner's waiting jobs may be admitted) and its dependents go on or fail with it.
+
+    ``waiting`` and ``dependents``: whether the owner has jobs waiting for admission and
+    whether any job depends on this one, when the caller already asked in this
+    transaction (the worker's one-statement completion on PostgreSQL); None asks here.
+    """
+    if waiting is not False:
+        flow.note_admit(session, owner_id)
+    if dependents is not False:
+        _settle_dependents(session, job_id, status, at)
 
 
 def _settle_dependents(

@@ -16,14 +16,29 @@ the caller takes the general path, which handles (and records) the unusual case.
 """
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.selectable import CTE
 
 from errand_schema.events import EventType
-from errand_schema.models import Job, JobAttempt, JobEvent, JobStep
+from errand_schema.models import WAITING_SQL, Job, JobAttempt, JobDependency, JobEvent, JobStep
 from errand_schema.states import JobStatus, StepStatus
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
@@ -180,10 +195,135 @@ OPEN_ATTEMPT = insert(_ATTEMPTS).returning(_ATTEMPTS.c.id)
 #: Statuses a step can be claimed from on the hot path (``running``: between steps).
 CLAIMABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value, JobStatus.RUNNING.value})
 
+# -- PostgreSQL: one statement each ----------------------------------------------------
+#
+# On PostgreSQL the claim's writes and the completion are each one statement: the
+# fenced UPDATE of the job is a data-modifying CTE that the step, attempt and event
+# writes read (``EXISTS (SELECT 1 FROM j)``, ``INSERT ... SELECT ... FROM j``), so when
+# the fence does not match nothing at all is written, as with the statements above. Each
+# statement costs a round trip plus its parse, plan and execute on both sides; the
+# drain was spending most of its CPU on exactly that (bench/README.md, plan 1). SQLite
+# has no data-modifying CTEs and runs the statements above one by one.
+
+_STEPS_JSON = (
+    select(
+        func.json_agg(
+            aggregate_order_by(
+                func.json_build_array(_STEPS.c.index, _STEPS.c.name, _STEPS.c.output),
+                _STEPS.c.index,
+            )
+        )
+    )
+    .where(_STEPS.c.job_id == _JOBS.c.id)
+    .scalar_subquery()
+)
+#: :data:`READ_JOB` and :data:`READ_STEPS` in one statement: ``steps`` is a JSON list of
+#: ``[index, name, output]`` (None when the job has no step rows yet).
+READ_CLAIM = READ_JOB.add_columns(_STEPS_JSON.label("steps"))
+
+
+def _event_select(j: CTE, i: int, offset: int) -> Select[Any]:
+    """Event row ``i`` of a statement as a SELECT from the fenced job ``j`` (no row when
+    the fence did not match); its seq is the job's new seq minus ``offset``."""
+    values: list[ColumnElement[Any]] = []
+    for c in _EVENT_COLUMNS:
+        if c == "seq":
+            values.append((j.c.seq - offset) if offset else j.c.seq)
+        else:
+            values.append(bindparam(f"e{i}_{c}", type_=_EVENTS.c[c].type))
+    return select(*values).select_from(j)
+
+
+def _insert_events_from(j: CTE, offsets: tuple[int, ...]) -> CTE:
+    """The events' INSERT as a CTE: one row per offset, none if ``j`` is empty."""
+    rows = [_event_select(j, i, offset) for i, offset in enumerate(offsets)]
+    source = rows[0] if len(rows) == 1 else union_all(*rows)
+    return insert(_EVENTS).from_select(_EVENT_COLUMNS, source).cte("e")
+
+
+def _exists(j: CTE) -> ColumnElement[bool]:
+    return select(literal_column("1")).select_from(j).exists()
+
+
+def _take_statement(events: int) -> Select[Any]:
+    """:data:`TAKE_LEASE`, :data:`START_STEP`, :data:`OPEN_ATTEMPT` and ``events`` event
+    rows (``started`` and ``step``, or ``step``) in one statement; selects
+    ``(seq, attempt id)``, no row when the job changed since it was read."""
+    j = TAKE_LEASE.cte("j")
+    step = START_STEP.where(_exists(j)).cte("s")
+    # Named apart from every column: an UPDATE's execute() would take a parameter named
+    # like one of its table's columns as a SET value.
+    columns = ["job_id", "run", "step_index", "attempt", "worker", "outcome", "started_at"]
+    attempt_values = [bindparam(f"a_{c}", type_=_ATTEMPTS.c[c].type) for c in columns]
+    attempt = (
+        insert(_ATTEMPTS)
+        .from_select(columns, select(*attempt_values).select_from(j))
+        .returning(_ATTEMPTS.c.id)
+        .cte("a")
+    )
+    written = _insert_events_from(j, (1, 0) if events == 2 else (0,))
+    return select(j.c.seq, select(attempt.c.id).scalar_subquery().label("attempt_id")).add_cte(
+        step, written
+    )
+
+
+#: The claim's writes when the job starts (``started`` and ``step`` events).
+TAKE_STARTING = _take_statement(2)
+#: The claim's writes when a running job starts its next step (``step`` event).
+TAKE_NEXT = _take_statement(1)
+
+_WAITING_OF_OWNER = text(" AND ".join(f"w.{c}" for c in WAITING_SQL.split(" AND ")))
+
+
+def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
+    """A completion's writes in one statement; selects ``(seq, owner)`` and, after the
+    last step, whether the owner has jobs waiting for admission and whether other jobs
+    depend on this one (what :func:`errand_schema.transition.job_finished` asks)."""
+    j = job_update.cte("j")
+    step = CHECKPOINT_STEP.where(_exists(j)).cte("s")
+    attempt = CLOSE_ATTEMPT.where(_exists(j)).cte("a")
+    written = _insert_events_from(j, (1, 0) if last else (0,))
+    columns: list[ColumnElement[Any]] = [j.c.seq, j.c.owner_id]
+    if last:
+        waiting = _JOBS.alias("w")
+        deps = JobDependency.__table__  # type: ignore[attr-defined]
+        columns += [
+            select(literal_column("1"))
+            .select_from(waiting)
+            .where(waiting.c.owner_id == j.c.owner_id, _WAITING_OF_OWNER)
+            .exists()
+            .label("waiting"),
+            select(literal_column("1"))
+            .select_from(deps)
+            .where(deps.c.depends_on_id == bindparam("b_id"))
+            .exists()
+            .label("dependents"),
+        ]
+    return select(*columns).add_cte(step, attempt, written)
+
+
+#: The last step's completion: the job is completed (``step`` and ``completed`` events).
+FINISH_ALL = _complete_statement(FINISH_JOB, last=True)
+#: A step before the last completed: the job moves on (``step`` event).
+ADVANCE_ALL = _complete_statement(ADVANCE_JOB, last=False)
+
+
+def read_job(conn: Connection, job_id: uuid.UUID) -> Any:
+    """The job as :data:`READ_JOB` reads it (on PostgreSQL with its steps, see
+    :func:`read_steps`), or None."""
+    return conn.execute(READ_CLAIM if _postgres(conn) else READ_JOB, {"b_id": job_id}).first()
+
+
+def read_steps(conn: Connection, job_id: uuid.UUID, job: Any) -> list[tuple[int, str, Any]]:
+    """The job's step rows ``(index, name, output)`` in order (already read on PostgreSQL)."""
+    if _postgres(conn):
+        return [(index, name, output) for index, name, output in job.steps or ()]
+    return [tuple(row) for row in conn.execute(READ_STEPS, {"b_id": job_id}).all()]
+
 
 def add_steps(conn: Connection, job_id: uuid.UUID, names: list[str]) -> list[tuple[int, str, Any]]:
     """Write the step rows of a job whose steps come from its payload (a planner's
-    type: the API cannot know them); return them as :data:`READ_STEPS` would."""
+    type: the API cannot know them); return them as :func:`read_steps` would."""
     conn.execute(
         ADD_STEPS,
         [
@@ -212,7 +352,7 @@ def take_lease(
     lease_until: datetime,
     now: datetime,
 ) -> tuple[int, list[dict[str, Any]]] | None:
-    """Start step ``job.step_index`` of a job read with :data:`READ_JOB` (a row).
+    """Start step ``job.step_index`` of a job read with :func:`read_job` (a row).
 
     Writes the job (running, leased), the step (running), the attempt row, and the
     ``started`` (when the job was not running yet) and ``step`` events.
@@ -222,45 +362,34 @@ def take_lease(
         (nothing written; the caller takes the general path).
     """
     starting = job.status != JobStatus.RUNNING.value
-    found = conn.execute(
-        TAKE_LEASE,
-        {
-            "b_id": job_id,
-            "b_status": job.status,
-            "b_index": job.step_index,
-            "b_previous": attempt - 1,
-            "b_run": job.run,
-            "b_now": now,
-            "b_attempt": attempt,
-            "b_step": step,
-            "b_worker": worker,
-            "b_expires": lease_until,
-            "b_events": 2 if starting else 1,
-        },
-    ).first()
-    if found is None:
-        return None
-    seq = found[0]
-    conn.execute(START_STEP, {"b_id": job_id, "b_index": job.step_index, "b_now": now})
-    attempt_id = conn.execute(
-        OPEN_ATTEMPT,
-        {
-            "job_id": job_id,
-            "run": job.run,
-            "step_index": job.step_index,
-            "attempt": attempt,
-            "worker": worker,
-            "outcome": "running",
-            "started_at": now,
-        },
-    ).scalar_one()
+    lease = {
+        "b_id": job_id,
+        "b_status": job.status,
+        "b_index": job.step_index,
+        "b_previous": attempt - 1,
+        "b_run": job.run,
+        "b_now": now,
+        "b_attempt": attempt,
+        "b_step": step,
+        "b_worker": worker,
+        "b_expires": lease_until,
+        "b_events": 2 if starting else 1,
+    }
+    opened = {
+        "job_id": job_id,
+        "run": job.run,
+        "step_index": job.step_index,
+        "attempt": attempt,
+        "worker": worker,
+        "outcome": "running",
+        "started_at": now,
+    }
     actor = f"worker:{worker}"
     rows = []
     if starting:
         rows.append(
             _event(
                 job_id,
-                seq - 1,
                 EventType.STARTED,
                 JobStatus.RUNNING,
                 from_status=JobStatus(job.status),
@@ -274,7 +403,6 @@ def take_lease(
     rows.append(
         _event(
             job_id,
-            seq,
             EventType.STEP,
             JobStatus.RUNNING,
             progress=job.progress,
@@ -285,8 +413,37 @@ def take_lease(
             at=now,
         )
     )
+    if _postgres(conn):
+        statement = TAKE_STARTING if starting else TAKE_NEXT
+        params = lease | {f"a_{k}": v for k, v in opened.items()} | _event_params(rows)
+        found = conn.execute(statement, params).first()
+        if found is None:
+            return None
+        seq, attempt_id = found
+        _number(rows, seq)
+        return int(attempt_id), rows
+    taken = conn.execute(TAKE_LEASE, lease).first()
+    if taken is None:
+        return None
+    _number(rows, taken[0])
+    conn.execute(START_STEP, {"b_id": job_id, "b_index": job.step_index, "b_now": now})
+    attempt_id = conn.execute(OPEN_ATTEMPT, opened).scalar_one()
     _insert_events(conn, rows)
     return int(attempt_id), rows
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A completion written by :func:`complete`."""
+
+    seq: int
+    owner: uuid.UUID
+    #: The event rows written.
+    rows: list[dict[str, Any]]
+    #: After the last step, on PostgreSQL: whether the owner has jobs waiting for
+    #: admission, and whether other jobs depend on this one (None: not asked).
+    waiting: bool | None = None
+    dependents: bool | None = None
 
 
 def complete(
@@ -303,13 +460,13 @@ def complete(
     output: Any,
     duration_ms: float,
     now: datetime,
-) -> tuple[int, uuid.UUID, list[dict[str, Any]]] | None:
+) -> Completed | None:
     """Record step ``index``'s completion if the usual case applies (``progress``: the
     job's after it, 100 after the last step).
 
     Returns:
-        ``(seq, owner, event rows)`` (the rows are written), or None when the fence did
-        not match: nothing was changed and the caller takes the general path.
+        What was written, or None when the fence did not match: nothing was changed
+        and the caller takes the general path.
     """
     last = index + 1 >= len(steps)
     fence = {
@@ -322,22 +479,13 @@ def complete(
         "b_next_index": index + 1,
     }
     if last:
-        found = conn.execute(FINISH_JOB, {**fence, "b_result": output}).first()
+        fence["b_result"] = output
     else:
-        params = {**fence, "b_progress": progress, "b_next_step": steps[index + 1]}
-        found = conn.execute(ADVANCE_JOB, params).first()
-    if found is None:
-        return None
-    seq, owner = found
-    conn.execute(
-        CHECKPOINT_STEP, {"b_id": job_id, "b_index": index, "b_output": output, "b_now": now}
-    )
-    conn.execute(CLOSE_ATTEMPT, {"b_attempt_id": attempt_id, "b_now": now, "b_ms": duration_ms})
+        fence |= {"b_progress": progress, "b_next_step": steps[index + 1]}
     name = steps[index]
     rows: list[dict[str, Any]] = [
         _event(
             job_id,
-            seq - 1 if last else seq,
             EventType.STEP,
             JobStatus.RUNNING,
             progress=progress,
@@ -358,7 +506,6 @@ def complete(
         rows.append(
             _event(
                 job_id,
-                seq,
                 EventType.COMPLETED,
                 JobStatus.COMPLETED,
                 from_status=JobStatus.RUNNING,
@@ -367,8 +514,42 @@ def complete(
                 at=now,
             )
         )
+    closing = {"b_output": output, "b_attempt_id": attempt_id, "b_ms": duration_ms}
+    if _postgres(conn):
+        statement = FINISH_ALL if last else ADVANCE_ALL
+        found = conn.execute(statement, fence | closing | _event_params(rows)).first()
+        if found is None:
+            return None
+        _number(rows, found.seq)
+        if last:
+            return Completed(found.seq, found.owner_id, rows, found.waiting, found.dependents)
+        return Completed(found.seq, found.owner_id, rows)
+    found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()
+    if found is None:
+        return None
+    seq, owner = found
+    _number(rows, seq)
+    conn.execute(
+        CHECKPOINT_STEP, {"b_id": job_id, "b_index": index, "b_output": output, "b_now": now}
+    )
+    conn.execute(CLOSE_ATTEMPT, {"b_attempt_id": attempt_id, "b_now": now, "b_ms": duration_ms})
     _insert_events(conn, rows)
-    return seq, owner, rows
+    return Completed(seq, owner, rows)
+
+
+def _postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _number(rows: list[dict[str, Any]], seq: int) -> None:
+    """Give the event rows their seqs: the job's new ``seq`` is the last one's."""
+    for offset, row in enumerate(reversed(rows)):
+        row["seq"] = seq - offset
+
+
+def _event_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bound parameters of :func:`_event_select`'s rows (all but the seq)."""
+    return {f"e{i}_{k}": v for i, row in enumerate(rows) for k, v in row.items() if k != "seq"}
 
 
 def _insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -383,7 +564,6 @@ def _insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def _event(
     job_id: uuid.UUID,
-    seq: int,
     event_type: EventType,
     status: JobStatus,
     *,
@@ -395,9 +575,10 @@ def _event(
     message: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """An event row, its seq given later by :func:`_number`."""
     return {
         "job_id": job_id,
-        "seq": seq,
+        "seq": 0,
         "type": event_type.value,
         "status": status.value,
         "from_status": from_status.value if from_status else None,

@@ -144,7 +144,7 @@ def _claim_usual(
     general path then decides (and records why it refuses).
     """
     conn = s.connection()
-    job = conn.execute(hotpath.READ_JOB, {"b_id": msg.job_id}).first()
+    job = hotpath.read_job(conn, msg.job_id)
     if (
         job is None
         or job.status not in hotpath.CLAIMABLE
@@ -166,7 +166,7 @@ def _claim_usual(
         return None
     plan = spec.plan(payload)
     index = job.step_index
-    rows: list[Any] = list(conn.execute(hotpath.READ_STEPS, {"b_id": msg.job_id}).all())
+    rows = hotpath.read_steps(conn, msg.job_id, job)
     if not rows and index == 0:
         rows = hotpath.add_steps(conn, msg.job_id, [p.name for p in plan])
     if index >= len(plan) or index >= len(rows):

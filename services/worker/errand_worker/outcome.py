@@ -133,13 +133,20 @@ def _complete_usual(
     )
     if done is None:
         return None
-    _, owner, rows = done
-    events.extend(event_messages(owner, rows))
+    events.extend(event_messages(done.owner, done.rows))
     if index + 1 < len(claim.steps):
         nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
         sent = NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
         return Outcome("next", sent)
-    job_finished(s, claim.job_id, owner, JobStatus.COMPLETED, now)
+    job_finished(
+        s,
+        claim.job_id,
+        done.owner,
+        JobStatus.COMPLETED,
+        now,
+        waiting=done.waiting,
+        dependents=done.dependents,
+    )
     return Outcome("completed")
 
 

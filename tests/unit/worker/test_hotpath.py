@@ -1,100 +1,26 @@
-"""The hot path (Core statements) claims and completes steps exactly as the general
-(ORM) path does: same events, step rows and attempt rows; unusual cases fall back."""
-
-import uuid
-from typing import Any
+"""The hot path (Core statements) on SQLite claims and completes steps exactly as the
+general (ORM) path does; unusual cases fall back (:mod:`hotpath_cases`; the same checks
+run on PostgreSQL in ``tests/integration/test_hotpath_postgres.py``)."""
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session, col, select
+from hotpath_cases import (
+    JOBS,
+    check_a_cancel_during_a_step_takes_the_general_path,
+    check_same_rows_as_the_general_path,
+)
 
 from errand.dev import DevSystem
-from errand_schema.models import JobStep
-from errand_worker import hotpath, ledger, outcome
-
-from inprocess import attempts, events, submit, wait_status
-
-STEPS = [{"name": n, "duration_s": 0, "ticks": 0} for n in ("fetch", "parse", "store")]
 
 
-def _untimed(output: Any) -> Any:
-    """A demo step's output without its measured duration."""
-    return {k: v for k, v in output.items() if k != "elapsed_s"} if output else output
-
-
-def _history(system: DevSystem, job_id: str) -> dict[str, Any]:
-    """The job's rows with what differs between two runs (ids, times, workers) removed."""
-
-    def event_view(e: Any) -> tuple[Any, ...]:
-        data = {k: v for k, v in (e.data or {}).items() if k != "duration_ms"}
-        return (e.seq, e.type, e.status, e.from_status, e.progress, e.step, e.message, data)
-
-    with Session(system.engine) as s:
-        stmt = select(JobStep).where(JobStep.job_id == uuid.UUID(job_id))
-        steps = s.exec(stmt.order_by(col(JobStep.index))).all()
-        step_view = [
-            (r.index, r.name, r.status, r.attempts, r.progress, _untimed(r.output), r.error)
-            for r in steps
-        ]
-        started = [r.started_at is not None and r.finished_at is not None for r in steps]
-    return {
-        "events": [event_view(e) for e in events(system, job_id)],
-        "steps": step_view,
-        "steps_timed": started,
-        "attempts": [
-            (a.run, a.step_index, a.attempt, a.outcome, a.duration_ms is not None)
-            for a in attempts(system, job_id)
-        ],
-    }
-
-
-def _run(client: TestClient) -> dict[str, Any]:
-    job = wait_status(client, submit(client, "demo.pipeline", {"steps": STEPS}))
-    assert job["status"] == "completed"
-    return job
-
-
+@pytest.mark.parametrize("job_type", sorted(JOBS))
 def test_the_hot_path_writes_what_the_general_path_writes(
-    running: TestClient, dev_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+    running: TestClient, dev_system: DevSystem, monkeypatch: pytest.MonkeyPatch, job_type: str
 ) -> None:
-    used = {"claim": 0, "complete": 0}
-    take_lease, complete = hotpath.take_lease, hotpath.complete
-
-    def counted_take(*args: Any, **kwargs: Any) -> Any:
-        used["claim"] += 1
-        return take_lease(*args, **kwargs)
-
-    def counted_complete(*args: Any, **kwargs: Any) -> Any:
-        used["complete"] += 1
-        return complete(*args, **kwargs)
-
-    monkeypatch.setattr(hotpath, "take_lease", counted_take)
-    monkeypatch.setattr(hotpath, "complete", counted_complete)
-    fast = _run(running)
-    assert used == {"claim": 3, "complete": 3}, "every step went through the hot path"
-
-    # The same job through the general path only.
-    monkeypatch.setattr(ledger, "_claim_usual", lambda *_a: None)
-    monkeypatch.setattr(outcome, "_complete_usual", lambda *_a: None)
-    general = _run(running)
-    assert used == {"claim": 3, "complete": 3}, "the second job did not use the hot path"
-
-    assert _history(dev_system, fast["id"]) == _history(dev_system, general["id"])
-    assert _untimed(fast["result"]) == _untimed(general["result"])
-    assert fast["progress"] == general["progress"] == 100
-    assert fast["started_at"] is not None
-    assert fast["finished_at"] is not None
+    check_same_rows_as_the_general_path(running, dev_system, monkeypatch, job_type)
 
 
 def test_a_cancel_requested_during_a_step_takes_the_general_path_at_its_end(
     running: TestClient, dev_system: DevSystem
 ) -> None:
-    steps = [{"name": "slow", "duration_s": 1.0, "ticks": 0}, {"name": "never", "duration_s": 0}]
-    job_id = submit(running, "demo.pipeline", {"steps": steps})
-    wait_status(running, job_id, {"running"})
-    assert running.post(f"/v1/jobs/{job_id}/cancel").status_code in (200, 202)
-    job = wait_status(running, job_id)
-    assert job["status"] == "cancelled"
-    assert [s["status"] for s in job["steps"]][1] == "cancelled"
-    seqs = [e.seq for e in events(dev_system, job_id)]
-    assert seqs == list(range(1, len(seqs) + 1))
+    check_a_cancel_during_a_step_takes_the_general_path(running, dev_system)

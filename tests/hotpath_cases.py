@@ -1,0 +1,119 @@
+"""Checks shared by the hot-path tests on SQLite (unit) and PostgreSQL (integration):
+the hot path (Core statements; one statement each on PostgreSQL) claims and completes
+steps exactly as the general (ORM) path does, and unusual cases fall back."""
+
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, col, select
+
+from errand.dev import DevSystem
+from errand_schema.models import JobStep
+from errand_worker import hotpath, ledger, outcome
+
+from inprocess import attempts, events, submit, wait_status
+
+STEPS = [{"name": n, "duration_s": 0, "ticks": 0} for n in ("fetch", "parse", "store")]
+
+
+def _untimed(output: Any) -> Any:
+    """A demo step's output without its measured duration."""
+    return {k: v for k, v in output.items() if k != "elapsed_s"} if output else output
+
+
+def _history(system: DevSystem, job_id: str) -> dict[str, Any]:
+    """The job's rows with what differs between two runs (ids, times, workers) removed."""
+
+    def event_view(e: Any) -> tuple[Any, ...]:
+        data = {k: v for k, v in (e.data or {}).items() if k != "duration_ms"}
+        return (e.seq, e.type, e.status, e.from_status, e.progress, e.step, e.message, data)
+
+    with Session(system.engine) as s:
+        stmt = select(JobStep).where(JobStep.job_id == uuid.UUID(job_id))
+        steps = s.exec(stmt.order_by(col(JobStep.index))).all()
+        step_view = [
+            (r.index, r.name, r.status, r.attempts, r.progress, _untimed(r.output), r.error)
+            for r in steps
+        ]
+        started = [r.started_at is not None and r.finished_at is not None for r in steps]
+    return {
+        "events": [event_view(e) for e in events(system, job_id)],
+        "steps": step_view,
+        "steps_timed": started,
+        "attempts": [
+            (a.run, a.step_index, a.attempt, a.outcome, a.duration_ms is not None)
+            for a in attempts(system, job_id)
+        ],
+    }
+
+
+#: One job of each kind: its steps planned from the payload (the worker writes the step
+#: rows at the first claim) or declared by the type (written by the API).
+JOBS = {
+    "demo.pipeline": {"steps": STEPS},
+    "test.slow": {"ticks": 0},
+}
+
+
+def _run(client: TestClient, job_type: str) -> dict[str, Any]:
+    job = wait_status(client, submit(client, job_type, JOBS[job_type]))
+    assert job["status"] == "completed"
+    return job
+
+
+def count_hot_path(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the hot path's claims and completions from now on."""
+    used = {"claim": 0, "complete": 0}
+    take_lease, complete = hotpath.take_lease, hotpath.complete
+
+    def counted_take(*args: Any, **kwargs: Any) -> Any:
+        used["claim"] += 1
+        return take_lease(*args, **kwargs)
+
+    def counted_complete(*args: Any, **kwargs: Any) -> Any:
+        used["complete"] += 1
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(hotpath, "take_lease", counted_take)
+    monkeypatch.setattr(hotpath, "complete", counted_complete)
+    return used
+
+
+def check_same_rows_as_the_general_path(
+    running: TestClient, dev_system: DevSystem, monkeypatch: pytest.MonkeyPatch, job_type: str
+) -> None:
+    """One job through the hot path, one through the general path: the same rows."""
+    used = count_hot_path(monkeypatch)
+    fast = _run(running, job_type)
+    steps = len(fast["steps"])
+    assert used == {"claim": steps, "complete": steps}, "every step went through the hot path"
+
+    # The same job through the general path only.
+    monkeypatch.setattr(ledger, "_claim_usual", lambda *_a: None)
+    monkeypatch.setattr(outcome, "_complete_usual", lambda *_a: None)
+    general = _run(running, job_type)
+    assert used == {"claim": steps, "complete": steps}, "the second job used the hot path"
+
+    assert _history(dev_system, fast["id"]) == _history(dev_system, general["id"])
+    assert _untimed(fast["result"]) == _untimed(general["result"])
+    assert fast["progress"] == general["progress"] == 100
+    assert fast["started_at"] is not None
+    assert fast["finished_at"] is not None
+
+
+def check_a_cancel_during_a_step_takes_the_general_path(
+    running: TestClient, dev_system: DevSystem
+) -> None:
+    """A cancel requested during a step: the completion's fence does not match, the
+    general path records the cancel, and the event seqs have no gap."""
+    steps = [{"name": "slow", "duration_s": 1.0, "ticks": 0}, {"name": "never", "duration_s": 0}]
+    job_id = submit(running, "demo.pipeline", {"steps": steps})
+    wait_status(running, job_id, {"running"})
+    assert running.post(f"/v1/jobs/{job_id}/cancel").status_code in (200, 202)
+    job = wait_status(running, job_id)
+    assert job["status"] == "cancelled"
+    assert [s["status"] for s in job["steps"]][1] == "cancelled"
+    seqs = [e.seq for e in events(dev_system, job_id)]
+    assert seqs == list(range(1, len(seqs) + 1))

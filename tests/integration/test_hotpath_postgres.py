@@ -1,0 +1,129 @@
+"""On PostgreSQL the claim's writes and a step's completion are one statement each
+(data-modifying CTEs, :mod:`errand_worker.hotpath`): the same rows as the general path,
+nothing written when the fence does not match, and what a finished job sets off (its
+dependents, its owner's waiting jobs) still happens."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from hotpath_cases import (
+    JOBS,
+    check_a_cancel_during_a_step_takes_the_general_path,
+    check_same_rows_as_the_general_path,
+    count_hot_path,
+)
+from sqlmodel import Session, select
+
+from errand.dev import DevSystem, build_dev_system
+from errand_schema.models import User
+from errand_schema.states import JobStatus
+from errand_worker import hotpath
+from errand_worker.hotpath import Completed
+
+from inprocess import submit, wait_status
+from resources import PG_ADMIN_DSN, RUN_ID, require_service
+from unit_options import TEST_WORKER_OPTIONS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
+    """The in-process system on a PostgreSQL database of its own (dropped afterwards)."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"errand_hot_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    system = build_dev_system(
+        tmp_path / "dev",
+        threads=2,
+        job_modules=["sample_jobs", "flow_jobs"],
+        worker_options=dict(TEST_WORKER_OPTIONS),
+        database_url=f"{base}/{name}",
+    )
+    try:
+        yield system
+    finally:
+        system.close()
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_running(pg_system: DevSystem) -> Iterator[TestClient]:
+    """An admin API client on ``pg_system``, its worker threads running."""
+    with TestClient(pg_system.app) as client:
+        client.headers["Authorization"] = f"Bearer {pg_system.api_key}"
+        pg_system.worker.start()
+        yield client
+
+
+@pytest.mark.parametrize("job_type", sorted(JOBS))
+def test_one_statement_claims_and_completions_write_what_the_general_path_writes(
+    pg_running: TestClient,
+    pg_system: DevSystem,
+    monkeypatch: pytest.MonkeyPatch,
+    job_type: str,
+) -> None:
+    assert pg_system.engine.dialect.name == "postgresql"
+    check_same_rows_as_the_general_path(pg_running, pg_system, monkeypatch, job_type)
+
+
+def test_a_cancel_during_a_step_writes_nothing_on_the_hot_path(
+    pg_running: TestClient, pg_system: DevSystem
+) -> None:
+    check_a_cancel_during_a_step_takes_the_general_path(pg_running, pg_system)
+
+
+def _record_completions(monkeypatch: pytest.MonkeyPatch) -> list[Completed]:
+    done: list[Completed] = []
+    complete = hotpath.complete
+
+    def recorded(*args: object, **kwargs: object) -> Completed | None:
+        result = complete(*args, **kwargs)  # type: ignore[arg-type]
+        if result is not None:
+            done.append(result)
+        return result
+
+    monkeypatch.setattr(hotpath, "complete", recorded)
+    return done
+
+
+def test_a_job_finished_in_one_statement_releases_its_dependents(
+    pg_running: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = _record_completions(monkeypatch)
+    first = submit(pg_running, "flow.nap", {"seconds": 0.3})
+    second = pg_running.post(
+        "/v1/jobs", json={"type": "flow.nap", "payload": {"seconds": 0}, "depends_on": [first]}
+    )
+    assert second.status_code == 202, second.text
+    assert second.json()["status"] == JobStatus.BLOCKED
+    assert wait_status(pg_running, second.json()["id"])["status"] == "completed"
+    # The first one's completion asked, in its own statement, whether anyone waits on it.
+    flags = {(c.rows[-1]["job_id"], c.dependents) for c in done}
+    assert (uuid.UUID(first), True) in flags
+    assert (uuid.UUID(second.json()["id"]), False) in flags
+
+
+def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
+    pg_running: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Session(pg_system.engine) as s:
+        admin = s.exec(select(User).where(User.role == "admin")).one()
+        admin.max_in_flight = 1
+        s.add(admin)
+        s.commit()
+    done = _record_completions(monkeypatch)
+    used = count_hot_path(monkeypatch)
+    jobs = [submit(pg_running, "flow.nap", {"seconds": 0.05}) for _ in range(3)]
+    for job_id in jobs:
+        assert wait_status(pg_running, job_id)["status"] == "completed"
+    assert used["complete"] == 3
+    # Two completions found the next job waiting and admitted it; the last found none.
+    assert sorted(c.waiting for c in done) == [False, True, True]

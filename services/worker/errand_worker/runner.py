@@ -144,7 +144,10 @@ def _run_claimed(rt: WorkerRuntime, claim: Claim) -> Outcome:
         _report=lambda pct, message: report_progress(rt, claim, pct, message),
         _check=lambda: check_cancel(rt, claim),
     )
-    logger.info("step %s started (attempt %d)", claim.step.name, claim.attempt)
+    # DEBUG: the end of the step logs at INFO with its outcome and duration (and the
+    # start is an event in the job's history); two INFO lines per step cost the drain
+    # ~3% of the worker's CPU (bench/README.md).
+    logger.debug("step %s started (attempt %d)", claim.step.name, claim.attempt)
     started = time.perf_counter()
     try:
         output = _call_supervised(rt, claim, ctx, started)

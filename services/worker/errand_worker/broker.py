@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from errand_schema.estimates import Estimator, announce_capacity
-from errand_schema.events import EventPublisher
+from errand_schema.events import BackgroundEventPublisher
 from errand_schema.masking import configure_masking
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
@@ -63,8 +63,15 @@ def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
     )
 
 
-def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
-    """Return the function the runner sends step messages with."""
+def make_enqueue(
+    broker: dramatiq.Broker, engine: Engine, before_send: Callable[[], object] | None = None
+) -> Enqueue:
+    """Return the function the runner sends step messages with.
+
+    ``before_send`` runs before each send: the worker's event publisher's ``flush``, so
+    that the events this process wrote for a job are in the stream before another
+    process can act on the message (see :class:`BackgroundEventPublisher`).
+    """
 
     def enqueue(
         msg: RunJobStep,
@@ -85,6 +92,8 @@ def make_enqueue(broker: dramatiq.Broker, engine: Engine) -> Enqueue:
             kwargs={},
             options={"broker_priority": level},
         )
+        if before_send is not None:
+            before_send()
         sent_at = utcnow()
         try:
             broker.enqueue(message, delay=delay_ms)
@@ -202,10 +211,11 @@ def setup_worker(
     registry = build_registry(settings)
     _register(engine, registry)
     watchdog = Watchdog()
+    events = BackgroundEventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen)
     runtime = WorkerRuntime(
         engine=engine,
-        events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
-        enqueue=make_enqueue(broker, engine),
+        events=events,
+        enqueue=make_enqueue(broker, engine, before_send=events.flush),
         registry=registry,
         worker=settings.worker_name,
         lease_s=settings.lease_s,
@@ -225,7 +235,12 @@ def setup_worker(
         estimator=Estimator(redis, settings.redis_prefix),
     )
     broker.add_middleware(
-        GracefulShutdown(watchdog, settings.shutdown_grace_s, on_stopping=runtime.stop_reconciler)
+        GracefulShutdown(
+            watchdog,
+            settings.shutdown_grace_s,
+            on_stopping=runtime.stop_reconciler,
+            on_stopped=events.close,
+        )
     )
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)

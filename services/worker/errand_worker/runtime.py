@@ -117,8 +117,10 @@ class WorkerRuntime:
             self.reconciler.stop()
 
     def close(self) -> None:
-        """Stop this process's reconciler, heartbeat and watchdog threads."""
+        """Stop this process's reconciler, heartbeat and watchdog threads, and write the
+        events still pending."""
         if self.reconciler is not None:
             self.reconciler.stop()
         self.leases.stop()
         self.watchdog.stop()
+        self.events.close()

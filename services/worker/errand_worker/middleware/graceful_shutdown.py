@@ -31,11 +31,16 @@ class GracefulShutdown(dramatiq.Middleware):
     """
 
     def __init__(
-        self, watchdog: Watchdog, grace_s: float, on_stopping: Callable[[], None] | None = None
+        self,
+        watchdog: Watchdog,
+        grace_s: float,
+        on_stopping: Callable[[], None] | None = None,
+        on_stopped: Callable[[], None] | None = None,
     ) -> None:
         self._watchdog = watchdog
         self._grace_s = grace_s
         self._on_stopping = on_stopping
+        self._on_stopped = on_stopped
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         """Guard Dramatiq's SIGTERM handler against repeats (worker process, main thread)."""
@@ -61,3 +66,8 @@ class GracefulShutdown(dramatiq.Middleware):
         self._watchdog.begin_shutdown(self._grace_s)
         if self._on_stopping is not None:
             self._on_stopping()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """The worker threads are done: write the events still pending."""
+        if self._on_stopped is not None:
+            self._on_stopped()

@@ -7,9 +7,11 @@ other. A missing service skips those tests locally and fails them when ``CI`` is
 """
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
 from helpers import Infra
 from resources import (
@@ -66,3 +68,16 @@ def infra(postgres_database: str, rabbitmq_vhost: str, redis_prefix: str) -> Inf
     return Infra(
         postgres_database, rabbitmq_vhost, REDIS_URL, redis_prefix, rabbitmq_vhost.rsplit("/", 1)[1]
     )
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a migrated SQLite file of this test."""
+    from errand_schema.db import create_db_engine
+    from errand_schema.migrate import upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'unit.db'}"
+    upgrade_database(url)
+    engine = create_db_engine(url)
+    yield engine
+    engine.dispose()

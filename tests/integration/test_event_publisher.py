@@ -5,9 +5,7 @@ nor fails the publisher."""
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,6 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
-from errand_schema.db import create_db_engine
 from errand_schema.events import (
     BackgroundEventPublisher,
     EventType,
@@ -24,7 +21,6 @@ from errand_schema.events import (
     stream_key,
 )
 from errand_schema.messages import RunJobStep
-from errand_schema.migrate import upgrade_database
 from errand_worker.broker import make_enqueue
 
 from resources import REDIS_URL
@@ -36,16 +32,6 @@ pytestmark = pytest.mark.integration
 def prefix(redis_prefix: str) -> str:
     """A key prefix of this test (under the run's prefix, whose keys go at the end)."""
     return f"{redis_prefix}pub:{uuid.uuid4().hex[:8]}:"
-
-
-@pytest.fixture
-def sqlite_file_engine(tmp_path: Path) -> Iterator[Engine]:
-    """A migrated SQLite database (the enqueue records ``published_at`` in it)."""
-    url = f"sqlite:///{tmp_path / 'enqueue.db'}"
-    upgrade_database(url)
-    engine = create_db_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def _event(job_id: uuid.UUID, seq: int) -> JobEventMessage:
@@ -110,13 +96,13 @@ class WatchingBroker(StubBroker):
 
 
 def test_a_step_message_is_sent_after_the_events_before_it_are_in_the_stream(
-    prefix: str, sqlite_file_engine: Engine
+    prefix: str, sqlite_engine: Engine
 ) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     publisher = BackgroundEventPublisher(client, prefix)
     broker = WatchingBroker(client, prefix)
     broker.declare_queue("default")
-    enqueue = make_enqueue(broker, sqlite_file_engine, before_send=publisher.flush)
+    enqueue = make_enqueue(broker, sqlite_engine, before_send=publisher.flush)
     job_id = uuid.uuid4()
     for seq in range(1, 101):
         publisher.publish([_event(job_id, seq)])

@@ -6,25 +6,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from errand.dev import DevSystem, build_dev_system
 from errand_schema.auth import create_user
-from errand_schema.db import create_db_engine
-from errand_schema.migrate import upgrade_database
 
 from unit_options import TEST_WORKER_OPTIONS
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    """An engine on a migrated SQLite file of this test."""
-    url = f"sqlite:///{tmp_path / 'unit.db'}"
-    upgrade_database(url)
-    engine = create_db_engine(url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

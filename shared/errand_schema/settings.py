@@ -3,13 +3,15 @@
 Each service subclasses :class:`CommonSettings` in its own ``settings.py``.
 """
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from errand_schema.jwt_auth import JwtConfig
 from errand_schema.masking import DEFAULT_MASKED_FIELDS
+
+if TYPE_CHECKING:
+    from errand_schema.jwt_auth import JwtConfig
 
 
 class CommonSettings(BaseSettings):
@@ -78,6 +80,10 @@ class CommonSettings(BaseSettings):
         """Return the JWT issuer configuration, or ``None`` when JWTs are off."""
         if not self.jwt_issuer:
             return None
+        # Here, not at the top: jwt_auth needs the models (SQLAlchemy), which Dramatiq's
+        # main process, reading these settings, has no use for.
+        from errand_schema.jwt_auth import JwtConfig
+
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else None
         return JwtConfig(
             issuer=self.jwt_issuer,

@@ -9,6 +9,7 @@ stream (Redis down) is still found by a client's resubscribe with ``last_seq``.
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -145,6 +146,10 @@ class EventPublisher:
             logger.warning("could not append %d events to the stream", len(entries), exc_info=True)
 
 
+#: During a Redis outage, one warning per this many seconds for the events dropped.
+DROP_REPORT_S = 10.0
+
+
 class BackgroundEventPublisher(EventPublisher):
     """An :class:`EventPublisher` whose appends are made by one thread of its own, in
     batches: ``publish`` hands the entries over and returns (the worker).
@@ -170,6 +175,8 @@ class BackgroundEventPublisher(EventPublisher):
         self._published = 0  # entries handed over (dropped ones not counted)
         self._written = 0  # entries the thread is done with
         self._closing = False
+        self._dropped = 0  # since the last warning
+        self._dropped_reported = -DROP_REPORT_S
         self._changed = threading.Condition()
         #: Held while a batch is written: batches reach Redis one after the other.
         self._writing = threading.Lock()
@@ -177,18 +184,25 @@ class BackgroundEventPublisher(EventPublisher):
         self._thread.start()
 
     def publish(self, events: Iterable[JobEventMessage]) -> None:
-        """Hand the events to the writer thread, in order."""
+        """Hand the events to the writer thread, in order (after :meth:`close`, write
+        them here: a reconciler pass may still end after the worker threads)."""
         entries = self._entries(events)
         if not entries:
             return
         with self._changed:
-            room = self._max_pending - len(self._pending)
-            if room < len(entries):
-                logger.warning("event stream backlog full: %d events dropped", len(entries) - room)
-                entries = entries[: max(room, 0)]
-            self._pending.extend(entries)
-            self._published += len(entries)
-            self._changed.notify_all()
+            closed = self._closing
+            if not closed:
+                room = self._max_pending - len(self._pending)
+                if room < len(entries):
+                    self._dropped += len(entries) - max(room, 0)
+                    entries = entries[: max(room, 0)]
+                self._pending.extend(entries)
+                self._published += len(entries)
+                self._changed.notify_all()
+        if closed:
+            with self._writing:
+                self._append(entries)
+        self._report_drops()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Make sure everything published before this call is written (or given up on:
@@ -196,7 +210,10 @@ class BackgroundEventPublisher(EventPublisher):
 
         The caller writes what is pending itself rather than wait for the thread's turn
         (no hand-off on the step-to-step path); writes never overlap, so the order holds.
+        One deadline covers the whole call (a write in progress is bounded by the Redis
+        client's socket timeout).
         """
+        deadline = time.monotonic() + timeout_s
         with self._changed:
             target = self._published
         if self._writing.acquire(timeout=timeout_s):
@@ -204,16 +221,31 @@ class BackgroundEventPublisher(EventPublisher):
                 self._write_pending()
             finally:
                 self._writing.release()
+        left = max(0.0, deadline - time.monotonic())
         with self._changed:
-            return self._changed.wait_for(lambda: self._written >= target, timeout_s)
+            return self._changed.wait_for(lambda: self._written >= target, left)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is pending (for at most ``timeout_s``) and stop the thread."""
+        """Write what is pending (for at most ``timeout_s``) and stop the thread; later
+        :meth:`publish` calls write at once."""
         self.flush(timeout_s)
         with self._changed:
             self._closing = True
             self._changed.notify_all()
         self._thread.join(timeout_s)
+        with self._writing:
+            self._write_pending()  # published between the flush and the flag
+
+    def _report_drops(self) -> None:
+        """One warning per ``DROP_REPORT_S`` for what the full backlog dropped."""
+        if not self._dropped:  # the usual case, read without the lock
+            return
+        now = time.monotonic()
+        with self._changed:
+            if not self._dropped or now - self._dropped_reported < DROP_REPORT_S:
+                return
+            dropped, self._dropped, self._dropped_reported = self._dropped, 0, now
+        logger.warning("event stream backlog full: %d events dropped", dropped)
 
     def _run(self) -> None:
         while True:

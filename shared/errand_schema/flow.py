@@ -192,10 +192,17 @@ def take_side_effects(session: Session) -> tuple[list[JobEventMessage], set[uuid
 
 def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None:
     """Given a job's dependencies: ``QUEUED`` when all completed, ``FAILED`` when any
-    ended otherwise, ``None`` while some are unfinished."""
+    ended otherwise, ``None`` while some are unfinished.
+
+    The dependencies are read ``FOR SHARE`` (PostgreSQL): one finishing now is read
+    after its commit, and one that finishes after this read waits for the caller's
+    commit, so its own look for dependents (a statement after its UPDATE) sees the new
+    job. Without the lock, a job submitted as its dependency finished stayed blocked.
+    """
     if not ids:
         return JobStatus.QUEUED
-    statuses = session.exec(select(Job.status).where(col(Job.id).in_(ids))).all()
+    stmt = select(Job.status).where(col(Job.id).in_(ids)).with_for_update(read=True)
+    statuses = session.exec(stmt).all()
     if any(s in FINISHED_STATUSES and s != JobStatus.COMPLETED for s in statuses):
         return JobStatus.FAILED
     if len(statuses) == len(set(ids)) and all(s == JobStatus.COMPLETED for s in statuses):

@@ -159,19 +159,17 @@ def job_finished(
     at: datetime,
     *,
     waiting: bool | None = None,
-    dependents: bool | None = None,
 ) -> None:
     """What a job reaching a final status sets off, in its transaction: its slot is free
     (the owner's waiting jobs may be admitted) and its dependents go on or fail with it.
 
-    ``waiting`` and ``dependents``: whether the owner has jobs waiting for admission and
-    whether any job depends on this one, when the caller already asked in this
-    transaction (the worker's one-statement completion on PostgreSQL); None asks here.
+    ``waiting``: whether the owner has jobs waiting for admission, when the caller
+    already asked in this transaction (the worker's one-statement completion on
+    PostgreSQL); None asks at the end of the transaction.
     """
     if waiting is not False:
         flow.note_admit(session, owner_id)
-    if dependents is not False:
-        _settle_dependents(session, job_id, status, at)
+    _settle_dependents(session, job_id, status, at)
 
 
 def _settle_dependents(

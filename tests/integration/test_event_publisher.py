@@ -3,8 +3,10 @@ in the order they were published, ``flush`` waits for them, the step message is 
 only after the events before it are in the stream, and a Redis outage neither blocks
 nor fails the publisher."""
 
+import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,9 +52,59 @@ def _stream(client: redis.Redis, prefix: str) -> list[JobEventMessage]:
     return [parse_stream_entry(fields) for _, fields in client.xrange(stream_key(prefix))]
 
 
-def test_events_from_many_threads_arrive_in_each_threads_order(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    publisher = BackgroundEventPublisher(client, prefix)
+class Publishers:
+    """Makes publishers on the real Redis and closes them whatever the test's outcome."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.made: list[BackgroundEventPublisher] = []
+
+    def __call__(self, client: Any = None, **options: Any) -> BackgroundEventPublisher:
+        publisher = BackgroundEventPublisher(client or self.client, self.prefix, **options)
+        self.made.append(publisher)
+        return publisher
+
+    def stream(self) -> list[JobEventMessage]:
+        return _stream(self.client, self.prefix)
+
+
+@pytest.fixture
+def publishers(prefix: str) -> Iterator[Publishers]:
+    made = Publishers(prefix)
+    yield made
+    for publisher in made.made:
+        publisher.close(timeout_s=1)
+
+
+class HeldWriter:
+    """A Redis client whose writer thread's appends wait until ``release`` (the test's
+    stand-in for a slow or hung Redis); appends from other threads go through."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.released = threading.Event()
+        self.held = threading.Event()
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        pipe = self._client.pipeline(transaction=transaction)
+        execute: Callable[[], Any] = pipe.execute
+        gate = self
+
+        def held_execute() -> Any:
+            if threading.current_thread().name == "errand-events":
+                gate.held.set()
+                gate.released.wait(30)
+            return execute()
+
+        pipe.execute = held_execute
+        return pipe
+
+
+def test_events_from_many_threads_arrive_in_each_threads_order(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers()
     jobs = [uuid.uuid4() for _ in range(4)]
 
     def produce(job_id: uuid.UUID) -> None:
@@ -65,59 +117,93 @@ def test_events_from_many_threads_arrive_in_each_threads_order(prefix: str) -> N
     for t in threads:
         t.join()
     assert publisher.flush(10)
-    written = _stream(client, prefix)
+    written = publishers.stream()
     assert len(written) == 800
     for job_id in jobs:
         assert [e.seq for e in written if e.job_id == job_id] == list(range(1, 201))
-    publisher.close()
 
 
-def test_close_writes_what_is_pending(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    publisher = BackgroundEventPublisher(client, prefix)
+def test_close_writes_what_is_pending_and_later_events_go_straight_to_redis(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers()
     job_id = uuid.uuid4()
     for seq in range(1, 51):
         publisher.publish([_event(job_id, seq)])
     publisher.close()
-    assert [e.seq for e in _stream(client, prefix)] == list(range(1, 51))
+    assert [e.seq for e in publishers.stream()] == list(range(1, 51))
+    # A reconciler pass that ends after the worker threads still gets its events out.
+    publisher.publish([_event(job_id, 51)])
+    assert [e.seq for e in publishers.stream()] == list(range(1, 52))
 
 
 class WatchingBroker(StubBroker):
-    """Records how many events of the job were in the stream when a message was sent."""
+    """Records how many events were in the stream when a message was sent."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, publishers: Publishers) -> None:
         super().__init__()
-        self.client, self.prefix = client, prefix
+        self.publishers = publishers
         self.seen_at_send: list[int] = []
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
-        self.seen_at_send.append(len(_stream(self.client, self.prefix)))
+        self.seen_at_send.append(len(self.publishers.stream()))
         return super().enqueue(message, delay=delay)
 
 
 def test_a_step_message_is_sent_after_the_events_before_it_are_in_the_stream(
-    prefix: str, sqlite_engine: Engine
+    publishers: Publishers, sqlite_engine: Engine
 ) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    publisher = BackgroundEventPublisher(client, prefix)
-    broker = WatchingBroker(client, prefix)
+    slow = HeldWriter(publishers.client)
+    publisher = publishers(slow)
+    broker = WatchingBroker(publishers)
     broker.declare_queue("default")
-    enqueue = make_enqueue(broker, sqlite_engine, before_send=publisher.flush)
+
+    def before_send() -> None:
+        # The writer thread is stuck on its first batch until the send begins; what it
+        # has not written yet, the flush writes (after it) before the message goes out.
+        slow.released.set()
+        publisher.flush()
+
+    enqueue = make_enqueue(broker, sqlite_engine, before_send=before_send)
+    job_id = uuid.uuid4()
+    publisher.publish([_event(job_id, 1)])
+    assert slow.held.wait(10), "the writer thread took the first batch"
+    for seq in range(2, 101):
+        publisher.publish([_event(job_id, seq)])
+    assert publishers.stream() == []
+    enqueue(RunJobStep(job_id=job_id, step_index=1, attempt=1), "default", "normal", None)
+    assert broker.seen_at_send == [100]
+    assert [e.seq for e in publishers.stream()] == list(range(1, 101))
+
+
+def test_a_hung_redis_neither_blocks_publishing_nor_floods_the_log(
+    publishers: Publishers, caplog: pytest.LogCaptureFixture
+) -> None:
+    hung = HeldWriter(publishers.client)
+    publisher = publishers(hung, max_pending=10)
+    job_id = uuid.uuid4()
+    publisher.publish([_event(job_id, 1)])
+    assert hung.held.wait(10), "the writer thread is stuck in its append"
+    with caplog.at_level(logging.WARNING, logger="errand_schema.events"):
+        for seq in range(2, 1001):
+            publisher.publish([_event(job_id, seq)])  # returns at once, never raises
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1, f"one warning for the outage, not one per event: {drops}"
+    # A flush gives up at its deadline rather than waiting for the stuck writer.
+    assert publisher.flush(timeout_s=0.2) is False
+    hung.released.set()
+    assert publisher.flush(10)
+    # The held batch, then the 10 that fitted; the other 989 were dropped.
+    assert [e.seq for e in publishers.stream()] == list(range(1, 12))
+
+
+def test_a_refused_connection_is_given_up_on_not_waited_for(publishers: Publishers) -> None:
+    # Nothing listens on port 1: every append fails at once and is logged, not raised.
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    publisher = publishers(down)
     job_id = uuid.uuid4()
     for seq in range(1, 101):
         publisher.publish([_event(job_id, seq)])
-    enqueue(RunJobStep(job_id=job_id, step_index=1, attempt=1), "default", "normal", None)
-    assert broker.seen_at_send == [100]
-    publisher.close()
-
-
-def test_a_redis_outage_neither_blocks_nor_fails_publishing(prefix: str) -> None:
-    # Nothing listens on port 1: every append fails at once.
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    publisher = BackgroundEventPublisher(down, prefix, max_pending=10)
-    job_id = uuid.uuid4()
-    for seq in range(1, 1001):
-        publisher.publish([_event(job_id, seq)])  # returns at once, never raises
     assert publisher.flush(10), "given up on, not stuck"
     publisher.close()
     assert not publisher._thread.is_alive()

@@ -55,12 +55,18 @@ def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
 
 
 @pytest.fixture
-def pg_running(pg_system: DevSystem) -> Iterator[TestClient]:
-    """An admin API client on ``pg_system``, its worker threads running."""
+def pg_client(pg_system: DevSystem) -> Iterator[TestClient]:
+    """An admin API client on ``pg_system``; its worker threads not started yet."""
     with TestClient(pg_system.app) as client:
         client.headers["Authorization"] = f"Bearer {pg_system.api_key}"
-        pg_system.worker.start()
         yield client
+
+
+@pytest.fixture
+def pg_running(pg_system: DevSystem, pg_client: TestClient) -> TestClient:
+    """``pg_client`` with the worker threads running."""
+    pg_system.worker.start()
+    return pg_client
 
 
 @pytest.mark.parametrize("job_type", sorted(JOBS))
@@ -95,24 +101,23 @@ def _record_completions(monkeypatch: pytest.MonkeyPatch) -> list[Completed]:
 
 
 def test_a_job_finished_in_one_statement_releases_its_dependents(
-    pg_running: TestClient, monkeypatch: pytest.MonkeyPatch
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    done = _record_completions(monkeypatch)
-    first = submit(pg_running, "flow.nap", {"seconds": 0.3})
-    second = pg_running.post(
+    used = count_hot_path(monkeypatch)
+    # Both submitted before any worker runs: the second is blocked on the first.
+    first = submit(pg_client, "flow.nap", {"seconds": 0})
+    second = pg_client.post(
         "/v1/jobs", json={"type": "flow.nap", "payload": {"seconds": 0}, "depends_on": [first]}
     )
     assert second.status_code == 202, second.text
     assert second.json()["status"] == JobStatus.BLOCKED
-    assert wait_status(pg_running, second.json()["id"])["status"] == "completed"
-    # The first one's completion asked, in its own statement, whether anyone waits on it.
-    flags = {(c.rows[-1]["job_id"], c.dependents) for c in done}
-    assert (uuid.UUID(first), True) in flags
-    assert (uuid.UUID(second.json()["id"]), False) in flags
+    pg_system.worker.start()
+    assert wait_status(pg_client, second.json()["id"])["status"] == "completed"
+    assert used == {"claim": 2, "complete": 2}, "both went through the hot path"
 
 
 def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
-    pg_running: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Session(pg_system.engine) as s:
         admin = s.exec(select(User).where(User.role == "admin")).one()
@@ -120,10 +125,12 @@ def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_f
         s.add(admin)
         s.commit()
     done = _record_completions(monkeypatch)
-    used = count_hot_path(monkeypatch)
-    jobs = [submit(pg_running, "flow.nap", {"seconds": 0.05}) for _ in range(3)]
+    # Submitted before any worker runs: the first is admitted, the other two wait.
+    jobs = [submit(pg_client, "flow.nap", {"seconds": 0}) for _ in range(3)]
+    pg_system.worker.start()
     for job_id in jobs:
-        assert wait_status(pg_running, job_id)["status"] == "completed"
-    assert used["complete"] == 3
-    # Two completions found the next job waiting and admitted it; the last found none.
-    assert sorted(c.waiting for c in done) == [False, True, True]
+        assert wait_status(pg_client, job_id)["status"] == "completed"
+    # The first two completions found the next job waiting (and admitted it), the last
+    # found none; each asked within its own statement.
+    assert [c.waiting for c in done] == [True, True, False]
+    assert [c.rows[-1]["job_id"] for c in done] == [uuid.UUID(j) for j in jobs]

@@ -12,6 +12,9 @@ from errand_schema.logging import configure_logging
 from errand_worker.broker import build_broker, setup_worker
 from errand_worker.settings import get_settings
 
+#: Seconds a Redis call of the worker may take before it fails.
+REDIS_TIMEOUT_S = 5.0
+
 settings = get_settings()
 configure_logging(settings.log_level, json_lines=settings.log_json)
 broker = build_broker(settings)
@@ -20,5 +23,9 @@ runtime = setup_worker(
     settings,
     broker,
     create_db_engine(settings.database_url, pool_size=settings.threads + 2),
-    Redis.from_url(settings.redis_url),
+    # Bounded: a Redis that stops answering must not hold a step (events, gates,
+    # estimates) for longer than this; each of those gives up and goes on.
+    Redis.from_url(
+        settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    ),
 )

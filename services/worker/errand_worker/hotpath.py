@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import CTE
 
 from errand_schema.events import EventType
-from errand_schema.models import WAITING_SQL, Job, JobAttempt, JobDependency, JobEvent, JobStep
+from errand_schema.models import WAITING_SQL, Job, JobAttempt, JobEvent, JobStep
 from errand_schema.states import JobStatus, StepStatus
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
@@ -277,8 +277,15 @@ _WAITING_OF_OWNER = text(" AND ".join(f"w.{c}" for c in WAITING_SQL.split(" AND 
 
 def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     """A completion's writes in one statement; selects ``(seq, owner)`` and, after the
-    last step, whether the owner has jobs waiting for admission and whether other jobs
-    depend on this one (what :func:`errand_schema.transition.job_finished` asks)."""
+    last step, whether the owner has jobs waiting for admission.
+
+    Not whether other jobs depend on this one: every part of the statement reads the
+    snapshot taken when it began, and a dependency committed while the job's UPDATE
+    waited for the row (a submission holds its dependencies ``FOR SHARE`` until it
+    commits) would be missed, its dependent blocked for good. The caller asks in a
+    statement of its own (:func:`errand_schema.transition.job_finished`). A waiting job
+    missed the same way is admitted by the reconciler's next pass.
+    """
     j = job_update.cte("j")
     step = CHECKPOINT_STEP.where(_exists(j)).cte("s")
     attempt = CLOSE_ATTEMPT.where(_exists(j)).cte("a")
@@ -286,19 +293,13 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     columns: list[ColumnElement[Any]] = [j.c.seq, j.c.owner_id]
     if last:
         waiting = _JOBS.alias("w")
-        deps = JobDependency.__table__  # type: ignore[attr-defined]
-        columns += [
+        columns.append(
             select(literal_column("1"))
             .select_from(waiting)
             .where(waiting.c.owner_id == j.c.owner_id, _WAITING_OF_OWNER)
             .exists()
-            .label("waiting"),
-            select(literal_column("1"))
-            .select_from(deps)
-            .where(deps.c.depends_on_id == bindparam("b_id"))
-            .exists()
-            .label("dependents"),
-        ]
+            .label("waiting")
+        )
     return select(*columns).add_cte(step, attempt, written)
 
 
@@ -441,9 +442,8 @@ class Completed:
     #: The event rows written.
     rows: list[dict[str, Any]]
     #: After the last step, on PostgreSQL: whether the owner has jobs waiting for
-    #: admission, and whether other jobs depend on this one (None: not asked).
+    #: admission (None: not asked).
     waiting: bool | None = None
-    dependents: bool | None = None
 
 
 def complete(
@@ -522,7 +522,7 @@ def complete(
             return None
         _number(rows, found.seq)
         if last:
-            return Completed(found.seq, found.owner_id, rows, found.waiting, found.dependents)
+            return Completed(found.seq, found.owner_id, rows, waiting=found.waiting)
         return Completed(found.seq, found.owner_id, rows)
     found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()
     if found is None:

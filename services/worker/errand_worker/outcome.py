@@ -145,7 +145,6 @@ def _complete_usual(
         JobStatus.COMPLETED,
         now,
         waiting=done.waiting,
-        dependents=done.dependents,
     )
     return Outcome("completed")
 

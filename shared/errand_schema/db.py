@@ -1,14 +1,19 @@
 """Database engines and sessions for PostgreSQL (production) and SQLite (dev mode)."""
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
@@ -103,3 +108,21 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def once_more_on_disconnect(work: Callable[[], T]) -> T:
+    """Run ``work`` (one transaction of its own); once more if its connection turned
+    out to be dead.
+
+    A connection used less than ``PING_IDLE_S`` ago is not pinged, so after a database
+    restart the first statement on it fails; SQLAlchemy then invalidates the whole pool,
+    and the second run gets a new connection. Only for work whose every write is fenced
+    (a second run after a commit that did land finds the fence changed and refuses).
+    """
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning("database connection lost (%s); trying once more", type(exc.orig).__name__)
+        return work()

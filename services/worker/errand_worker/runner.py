@@ -11,6 +11,7 @@ from dramatiq.threading import Interrupt
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from errand_schema.db import once_more_on_disconnect
 from errand_schema.logging import log_context
 from errand_schema.messages import RunJobStep
 from errand_schema.telemetry import extract_context, tracer
@@ -40,7 +41,7 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
     """
     token = log_context.set({"job_id": str(msg.job_id), "step": str(msg.step_index)})
     try:
-        claim = claim_step(rt, msg)
+        claim = once_more_on_disconnect(lambda: claim_step(rt, msg))
         if isinstance(claim, Refusal):
             return _refused(rt, msg, claim)
         log_context.set(
@@ -182,7 +183,7 @@ def _record(
 ) -> Outcome:
     duration_ms = (time.perf_counter() - started) * 1000
     try:
-        outcome = write(duration_ms)
+        outcome = once_more_on_disconnect(lambda: write(duration_ms))
     except LeaseLost:
         logger.warning("attempt superseded while recording; its result is discarded")
         return Outcome("superseded")

@@ -1,17 +1,36 @@
 """Helpers for tests that drive the in-process (dev mode) system through its API."""
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from errand.dev import DevSystem
-from errand_schema.models import JobAttempt, JobEvent
+from errand_schema.models import JobAttempt, JobEvent, User
 
 from helpers import wait_for
 
 FINAL = {"completed", "failed", "dead", "cancelled"}
+
+
+@contextmanager
+def admin_client(system: DevSystem) -> Iterator[TestClient]:
+    """A TestClient on the system's ASGI app (lifespan run), its admin key set."""
+    with TestClient(system.app) as client:
+        client.headers["Authorization"] = f"Bearer {system.api_key}"
+        yield client
+
+
+def cap_admin(system: DevSystem, max_in_flight: int) -> None:
+    """Set the bootstrap admin's cap on jobs in flight (0: none)."""
+    with Session(system.engine) as s:
+        admin = s.exec(select(User).where(User.role == "admin")).one()
+        admin.max_in_flight = max_in_flight
+        s.add(admin)
+        s.commit()
 
 
 def submit(

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Table, bindparam, case, func, or_, text
+from sqlalchemy import Table, TextClause, bindparam, case, func, or_, text
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -39,8 +39,16 @@ PRIORITY_RANK = case(
 #: Session.info keys: owners whose waiting jobs may now be admitted, and events written
 #: by cascades (dependents failed or released) that the caller must publish too.
 ADMIT_KEY = "errand.admit"
+
+
 #: Queued and not admitted yet, as literal SQL (the predicate of ``ix_jobs_waiting``).
-_WAITING = text(" AND ".join(f"jobs.{c}" for c in WAITING_SQL.split(" AND ")))
+def waiting_on(table: str) -> TextClause:
+    """:data:`WAITING_SQL` on ``table`` (a name or an alias of ``jobs``), in the literal
+    form the partial index ``ix_jobs_waiting`` is matched against."""
+    return text(" AND ".join(f"{table}.{c}" for c in WAITING_SQL.split(" AND ")))
+
+
+_WAITING = waiting_on("jobs")
 EVENTS_KEY = "errand.side_events"
 # The two probes run after every finished step, built once as Core statements on the
 # tables (no ORM compile state, a compiled-cache hit each time).

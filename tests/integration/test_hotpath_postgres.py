@@ -16,15 +16,13 @@ from hotpath_cases import (
     check_same_rows_as_the_general_path,
     count_hot_path,
 )
-from sqlmodel import Session, select
 
 from errand.dev import DevSystem, build_dev_system
-from errand_schema.models import User
 from errand_schema.states import JobStatus
 from errand_worker import hotpath
 from errand_worker.hotpath import Completed
 
-from inprocess import submit, wait_status
+from inprocess import admin_client, cap_admin, submit, wait_status
 from resources import PG_ADMIN_DSN, RUN_ID, require_service
 from unit_options import TEST_WORKER_OPTIONS
 
@@ -57,8 +55,7 @@ def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
 @pytest.fixture
 def pg_client(pg_system: DevSystem) -> Iterator[TestClient]:
     """An admin API client on ``pg_system``; its worker threads not started yet."""
-    with TestClient(pg_system.app) as client:
-        client.headers["Authorization"] = f"Bearer {pg_system.api_key}"
+    with admin_client(pg_system) as client:
         yield client
 
 
@@ -119,11 +116,7 @@ def test_a_job_finished_in_one_statement_releases_its_dependents(
 def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
     pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Session(pg_system.engine) as s:
-        admin = s.exec(select(User).where(User.role == "admin")).one()
-        admin.max_in_flight = 1
-        s.add(admin)
-        s.commit()
+    cap_admin(pg_system, 1)
     done = _record_completions(monkeypatch)
     # Submitted before any worker runs: the first is admitted, the other two wait.
     jobs = [submit(pg_client, "flow.nap", {"seconds": 0}) for _ in range(3)]

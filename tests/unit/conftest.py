@@ -11,6 +11,7 @@ from sqlmodel import Session
 from errand.dev import DevSystem, build_dev_system
 from errand_schema.auth import create_user
 
+from inprocess import admin_client
 from unit_options import TEST_WORKER_OPTIONS
 
 
@@ -36,8 +37,7 @@ def dev_system(tmp_path: Path, worker_options: dict[str, Any]) -> Iterator[DevSy
 @pytest.fixture
 def api_client(dev_system: DevSystem) -> Iterator[TestClient]:
     """A TestClient on the dev system's ASGI app (lifespan run), admin key set."""
-    with TestClient(dev_system.app) as client:
-        client.headers["Authorization"] = f"Bearer {dev_system.api_key}"
+    with admin_client(dev_system) as client:
         yield client
 
 

@@ -38,7 +38,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import CTE
 
 from errand_schema.events import EventType
-from errand_schema.models import WAITING_SQL, Job, JobAttempt, JobEvent, JobStep
+from errand_schema.flow import waiting_on
+from errand_schema.models import Job, JobAttempt, JobEvent, JobStep
 from errand_schema.states import JobStatus, StepStatus
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
@@ -245,10 +246,10 @@ def _exists(j: CTE) -> ColumnElement[bool]:
     return select(literal_column("1")).select_from(j).exists()
 
 
-def _take_statement(events: int) -> Select[Any]:
-    """:data:`TAKE_LEASE`, :data:`START_STEP`, :data:`OPEN_ATTEMPT` and ``events`` event
-    rows (``started`` and ``step``, or ``step``) in one statement; selects
-    ``(seq, attempt id)``, no row when the job changed since it was read."""
+def _take_statement(offsets: tuple[int, ...]) -> Select[Any]:
+    """:data:`TAKE_LEASE`, :data:`START_STEP`, :data:`OPEN_ATTEMPT` and one event row per
+    seq offset (see :func:`_insert_events_from`) in one statement; selects ``(seq,
+    attempt id)``, no row when the job changed since it was read."""
     j = TAKE_LEASE.cte("j")
     step = START_STEP.where(_exists(j)).cte("s")
     # Named apart from every column: an UPDATE's execute() would take a parameter named
@@ -261,18 +262,16 @@ def _take_statement(events: int) -> Select[Any]:
         .returning(_ATTEMPTS.c.id)
         .cte("a")
     )
-    written = _insert_events_from(j, (1, 0) if events == 2 else (0,))
+    written = _insert_events_from(j, offsets)
     return select(j.c.seq, select(attempt.c.id).scalar_subquery().label("attempt_id")).add_cte(
         step, written
     )
 
 
 #: The claim's writes when the job starts (``started`` and ``step`` events).
-TAKE_STARTING = _take_statement(2)
+TAKE_STARTING = _take_statement((1, 0))
 #: The claim's writes when a running job starts its next step (``step`` event).
-TAKE_NEXT = _take_statement(1)
-
-_WAITING_OF_OWNER = text(" AND ".join(f"w.{c}" for c in WAITING_SQL.split(" AND ")))
+TAKE_NEXT = _take_statement((0,))
 
 
 def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
@@ -296,7 +295,7 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
         columns.append(
             select(literal_column("1"))
             .select_from(waiting)
-            .where(waiting.c.owner_id == j.c.owner_id, _WAITING_OF_OWNER)
+            .where(waiting.c.owner_id == j.c.owner_id, waiting_on("w"))
             .exists()
             .label("waiting")
         )

@@ -22,7 +22,7 @@ from errand.dev import DevSystem
 from errand_schema.models import Job, User
 
 from helpers import wait_for
-from inprocess import attempts, events, get, submit, wait_status
+from inprocess import attempts, cap_admin, events, get, submit, wait_status
 
 
 def _nap(**payload: Any) -> dict[str, Any]:
@@ -172,11 +172,7 @@ def test_a_paused_queue_runs_nothing_and_resume_runs_its_jobs_in_order(
     running: TestClient, dev_system: DevSystem
 ) -> None:
     # (one job in flight at a time, so the order of admission is the order of running)
-    with Session(dev_system.engine) as s:
-        admin = s.exec(select(User).where(User.role == "admin")).one()
-        admin.max_in_flight = 1
-        s.add(admin)
-        s.commit()
+    cap_admin(dev_system, 1)
     assert running.post("/v1/admin/pause", json={"queue": "flow"}).status_code == 200
     dev_system.runtime.gates.forget_pauses()  # type: ignore[union-attr]
     low = submit(running, "flow.nap", {"seconds": 0}, priority="low")
@@ -389,11 +385,7 @@ def test_errand_pause_resume_pauses_and_breakers(
 def test_an_uncapped_users_job_is_admitted_as_it_is_written_unless_its_queue_is_paused(
     api_client: TestClient, dev_system: DevSystem
 ) -> None:
-    with Session(dev_system.engine) as s:
-        admin = s.exec(select(User).where(User.role == "admin")).one()
-        admin.max_in_flight = 0  # no cap
-        s.add(admin)
-        s.commit()
+    cap_admin(dev_system, 0)  # no cap
     statements: list[str] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

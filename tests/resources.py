@@ -11,11 +11,11 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from errand_schema.db import create_db_engine
 
-from helpers import Infra, ServiceProcess
+from helpers import Infra, ServiceProcess, wait_for
 
 PG_ADMIN_DSN = os.environ.get("ERRAND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBIT_HOST = os.environ.get("ERRAND_TEST_RABBIT_HOST", "127.0.0.1")
@@ -111,3 +111,26 @@ def service_starter(infra: Infra) -> Iterator[Callable[..., ServiceProcess]]:
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def backend_pid(engine: Engine) -> int:
+    """The server process id of the engine's (pooled) PostgreSQL connection."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def kill_pooled_backend(engine: Engine) -> int:
+    """Terminate the backend of the pool's connection (the server side of a restart);
+    return its pid once it is gone."""
+    pid = backend_pid(engine)
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        def gone() -> bool:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_for(gone, 10, what="the backend to exit")
+    return pid

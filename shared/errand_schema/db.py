@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
@@ -126,3 +126,109 @@ def once_more_on_disconnect(work: Callable[[], T]) -> T:
             raise
         logger.warning("database connection lost (%s); trying once more", type(exc.orig).__name__)
         return work()
+
+
+class Precompiled:
+    """A Core statement compiled once and run on the DBAPI cursor (PostgreSQL).
+
+    The worker's hot path runs the same few statements for every job; through
+    :meth:`Connection.execute` each pays SQLAlchemy's per-call work (cache-key
+    generation and lookup, parameter construction, the result's metadata), about a third
+    of a statement's Python (bench/README.md). This compiles the statement once for the
+    connection's dialect and hands its SQL, the defaults of its literal parameters and
+    the type processors of its bound ones straight to psycopg, which fetches rows as
+    named tuples. The transaction stays SQLAlchemy's: psycopg opens it on the first
+    statement as it would for :meth:`Connection.execute`, and the session commits it.
+
+    Falls back to :meth:`Connection.execute` (same rows) on other dialects, when the
+    engine has cursor-execute listeners (OpenTelemetry's SQLAlchemy instrumentation,
+    tests counting statements), and for statements whose parameters need SQLAlchemy's
+    rendering (escaped names, expanding lists). A driver error goes through SQLAlchemy's
+    own handling: wrapped as :class:`DBAPIError`, and a dead connection invalidates the
+    pool as it would (:func:`once_more_on_disconnect` relies on that).
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        #: (dialect, plan): the plan for that dialect, None when it runs through
+        #: :meth:`Connection.execute`.
+        self._compiled: tuple[Any, _Plan | None] | None = None
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The statement's first row (attribute access by column name), or None."""
+        rows = self._run(conn, params, one=True)
+        return rows[0] if rows else None
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Every row of the statement."""
+        return self._run(conn, params, one=False)
+
+    def _run(self, conn: Connection, params: dict[str, Any], *, one: bool) -> list[Any]:
+        plan = self._plan(conn)
+        if plan is None or _listened(conn):
+            result = conn.execute(self.statement, params)
+            if one:
+                row = result.first()
+                return [] if row is None else [row]
+            return list(result.all())
+        sql, defaults, processors = plan
+        values = defaults | params
+        for name, process in processors.items():
+            values[name] = process(values[name])
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor(row_factory=_namedtuple_row())
+        try:
+            cursor.execute(sql, values)
+            if not one:
+                return list(cursor.fetchall())
+            row = cursor.fetchone()
+            return [] if row is None else [row]
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # SQLAlchemy's own translation: DBAPIError, connection (and, for a disconnect,
+            # pool) invalidation. Private, but the one place that does all of it.
+            conn._handle_dbapi_exception(exc, sql, values, cursor, None)
+            raise  # not reached: the call above raises
+        finally:
+            cursor.close()
+
+    def _plan(self, conn: Connection) -> "_Plan | None":
+        dialect = conn.dialect
+        known = self._compiled
+        if known is not None and known[0] is dialect:
+            return known[1]
+        plan = _compile(self.statement, dialect)
+        self._compiled = (dialect, plan)
+        return plan
+
+
+#: SQL with named (pyformat) parameters, every parameter's default, the bound
+#: parameters' type processors.
+_Plan = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def _compile(statement: Any, dialect: Any) -> _Plan | None:
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
+    compiled = statement.compile(dialect=dialect)
+    if (
+        compiled.escaped_bind_names
+        or compiled.literal_execute_params
+        or any(b.expanding for b in compiled.binds.values())
+    ):
+        return None
+    # The literals' values, and None for the parameters the caller gives (laid over).
+    defaults = compiled.construct_params(_check=False)
+    return compiled.string, defaults, dict(compiled._bind_processors)
+
+
+def _listened(conn: Connection) -> bool:
+    """Whether something listens to this connection's statements (tracing, tests)."""
+    return bool(conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute)
+
+
+def _namedtuple_row() -> Any:
+    # Imported when first used: the worker's supervisor process loads no driver.
+    from psycopg.rows import namedtuple_row
+
+    return namedtuple_row

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import CTE
 
+from errand_schema.db import Precompiled
 from errand_schema.events import EventType
 from errand_schema.flow import waiting_on
 from errand_schema.models import Job, JobAttempt, JobEvent, JobStep
@@ -221,6 +222,7 @@ _STEPS_JSON = (
 #: :data:`READ_JOB` and :data:`READ_STEPS` in one statement: ``steps`` is a JSON list of
 #: ``[index, name, output]`` (None when the job has no step rows yet).
 READ_CLAIM = READ_JOB.add_columns(_STEPS_JSON.label("steps"))
+_READ_CLAIM = Precompiled(READ_CLAIM)
 
 
 def _event_select(j: CTE, i: int, offset: int) -> Select[Any]:
@@ -272,6 +274,7 @@ def _take_statement(offsets: tuple[int, ...]) -> Select[Any]:
 TAKE_STARTING = _take_statement((1, 0))
 #: The claim's writes when a running job starts its next step (``step`` event).
 TAKE_NEXT = _take_statement((0,))
+_TAKE = {True: Precompiled(TAKE_STARTING), False: Precompiled(TAKE_NEXT)}
 
 
 def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
@@ -306,12 +309,16 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
 FINISH_ALL = _complete_statement(FINISH_JOB, last=True)
 #: A step before the last completed: the job moves on (``step`` event).
 ADVANCE_ALL = _complete_statement(ADVANCE_JOB, last=False)
+# PostgreSQL's three statements per job, run on the driver's cursor (Precompiled).
+_COMPLETE = {True: Precompiled(FINISH_ALL), False: Precompiled(ADVANCE_ALL)}
 
 
 def read_job(conn: Connection, job_id: uuid.UUID) -> Any:
     """The job as :data:`READ_JOB` reads it (on PostgreSQL with its steps, see
     :func:`read_steps`), or None."""
-    return conn.execute(READ_CLAIM if _postgres(conn) else READ_JOB, {"b_id": job_id}).first()
+    if _postgres(conn):
+        return _READ_CLAIM.first(conn, {"b_id": job_id})
+    return conn.execute(READ_JOB, {"b_id": job_id}).first()
 
 
 def read_steps(conn: Connection, job_id: uuid.UUID, job: Any) -> list[tuple[int, str, Any]]:
@@ -414,9 +421,8 @@ def take_lease(
         )
     )
     if _postgres(conn):
-        statement = TAKE_STARTING if starting else TAKE_NEXT
         params = lease | {f"a_{k}": v for k, v in opened.items()} | _event_params(rows)
-        found = conn.execute(statement, params).first()
+        found = _TAKE[starting].first(conn, params)
         if found is None:
             return None
         seq, attempt_id = found
@@ -515,8 +521,7 @@ def complete(
         )
     closing = {"b_output": output, "b_attempt_id": attempt_id, "b_ms": duration_ms}
     if _postgres(conn):
-        statement = FINISH_ALL if last else ADVANCE_ALL
-        found = conn.execute(statement, fence | closing | _event_params(rows)).first()
+        found = _COMPLETE[last].first(conn, fence | closing | _event_params(rows))
         if found is None:
             return None
         _number(rows, found.seq)

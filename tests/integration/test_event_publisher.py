@@ -207,3 +207,18 @@ def test_a_refused_connection_is_given_up_on_not_waited_for(publishers: Publishe
     assert publisher.flush(10), "given up on, not stuck"
     publisher.close()
     assert not publisher._thread.is_alive()
+
+
+def test_a_large_batch_arrives_whole_in_order_and_the_stream_is_trimmed(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers(maxlen=100)
+    job_id = uuid.uuid4()
+    # More than one script run's worth (APPEND_CHUNK) in one publish, then more.
+    publisher.publish([_event(job_id, seq) for seq in range(1, 451)])
+    publisher.publish([_event(job_id, seq) for seq in range(451, 1001)])
+    assert publisher.flush(10)
+    written = [e.seq for e in publishers.stream()]
+    # Trimmed to about maxlen (approximately: whole nodes of the stream at a time).
+    assert 100 <= len(written) < 1000
+    assert written == list(range(1001 - len(written), 1001))

@@ -76,10 +76,13 @@ def submit_job(
     try:
         # The key's row first: a concurrent request with the same key fails here.
         session.flush()
-        # Admitted in the same transaction: one commit, then the message.
-        admitted = admit(services, session, job.owner_id) if created.new else []
+        # Admitted in the same transaction: one commit, then the message. A job admitted
+        # as it was written belongs to an uncapped user: nothing else of theirs waits for
+        # a slot (what waits on a pause, or on a failed publish, is the reconciler's).
         if at_once:
-            admitted.insert(0, message_for(job))
+            admitted = [message_for(job)]
+        else:
+            admitted = admit(services, session, job.owner_id) if created.new else []
         session.commit()
     except IntegrityError:
         # A concurrent request with the same key won: answer with its job.

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Table, TextClause, bindparam, case, func, or_, text
+from sqlalchemy import Table, TextClause, bindparam, case, func, or_, text, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -199,6 +199,22 @@ def take_side_effects(session: Session) -> tuple[list[JobEventMessage], set[uuid
     events: list[JobEventMessage] = session.info.pop(EVENTS_KEY, [])
     owners: set[uuid.UUID] = session.info.pop(ADMIT_KEY, set())
     return events, owners
+
+
+def mark_dependencies(session: Session, ids: list[uuid.UUID]) -> None:
+    """Note on the jobs ``ids`` that a job being submitted depends on them.
+
+    In the submitting transaction and before :func:`dependency_state`'s read: the
+    UPDATE locks each row, so a dependency finishing meanwhile either waits for this
+    commit, and its completion (an UPDATE of the same row, which returns the row as
+    committed) sees the flag and looks for its dependents, or committed first, and the
+    read after this sees it finished.
+    """
+    if ids:
+        session.execute(
+            update(Job).where(col(Job.id).in_(ids)).values(has_dependents=True),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -234,6 +235,9 @@ class Job(SQLModel, table=True):
     #: until released.
     held_at: datetime | None = _ts()
     held_by: str | None = Field(default=None, max_length=200)
+    #: Some job was submitted depending on this one (set in the submitting transaction,
+    #: never cleared): a completion without it skips the look for dependents.
+    has_dependents: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class JobStep(SQLModel, table=True):

@@ -159,6 +159,7 @@ def job_finished(
     at: datetime,
     *,
     waiting: bool | None = None,
+    dependents: bool | None = None,
 ) -> None:
     """What a job reaching a final status sets off, in its transaction: its slot is free
     (the owner's waiting jobs may be admitted) and its dependents go on or fail with it.
@@ -166,10 +167,14 @@ def job_finished(
     ``waiting``: whether the owner has jobs waiting for admission, when the caller
     already asked in this transaction (the worker's one-statement completion on
     PostgreSQL); None asks at the end of the transaction.
+
+    ``dependents``: False when the caller's UPDATE of the job returned
+    ``has_dependents`` false (no job depends on it: no look); None looks.
     """
     if waiting is not False:
         flow.note_admit(session, owner_id)
-    _settle_dependents(session, job_id, status, at)
+    if dependents is not False:
+        _settle_dependents(session, job_id, status, at)
 
 
 def _settle_dependents(

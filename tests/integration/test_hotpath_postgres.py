@@ -3,8 +3,10 @@
 nothing written when the fence does not match, and what a finished job sets off (its
 dependents, its owner's waiting jobs) still happens."""
 
+import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -16,12 +18,17 @@ from hotpath_cases import (
     check_same_rows_as_the_general_path,
     count_hot_path,
 )
+from sqlalchemy import Engine, text
+from sqlmodel import Session, select
 
 from errand.dev import DevSystem, build_dev_system
+from errand_schema import flow
+from errand_schema.models import Job, JobAttempt, JobStep, User
 from errand_schema.states import JobStatus
 from errand_worker import hotpath
 from errand_worker.hotpath import Completed
 
+from helpers import wait_for
 from inprocess import admin_client, cap_admin, submit, wait_status
 from resources import PG_ADMIN_DSN, RUN_ID, require_service
 from unit_options import TEST_WORKER_OPTIONS
@@ -101,6 +108,7 @@ def test_a_job_finished_in_one_statement_releases_its_dependents(
     pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     used = count_hot_path(monkeypatch)
+    done = _record_completions(monkeypatch)
     # Both submitted before any worker runs: the second is blocked on the first.
     first = submit(pg_client, "flow.nap", {"seconds": 0})
     second = pg_client.post(
@@ -111,6 +119,11 @@ def test_a_job_finished_in_one_statement_releases_its_dependents(
     pg_system.worker.start()
     assert wait_status(pg_client, second.json()["id"])["status"] == "completed"
     assert used == {"claim": 2, "complete": 2}, "both went through the hot path"
+    # The first has a dependent (its completion looked for it); the second has none.
+    assert [(str(c.rows[-1]["job_id"]), c.dependents) for c in done] == [
+        (first, True),
+        (second.json()["id"], False),
+    ]
 
 
 def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
@@ -127,3 +140,81 @@ def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_f
     # found none; each asked within its own statement.
     assert [c.waiting for c in done] == [True, True, False]
     assert [c.rows[-1]["job_id"] for c in done] == [uuid.UUID(j) for j in jobs]
+
+
+def test_a_dependent_submitted_while_the_completion_waits_is_seen_by_it(
+    pg_system: DevSystem,
+) -> None:
+    """The race the flag closes: the completion's UPDATE waits for the submitting
+    transaction's lock on the row and returns the flag as that transaction committed it
+    (its other reads see the snapshot from before, hence the flag)."""
+    engine = pg_system.engine
+    job_id, attempt_id = _running_job(engine)
+    result: list[Completed | None] = []
+    with engine.connect() as submitting:
+        flow.mark_dependencies(Session(bind=submitting), [job_id])  # row locked, not committed
+
+        def finish() -> None:
+            with engine.begin() as conn:
+                result.append(
+                    hotpath.complete(
+                        conn,
+                        job_id=job_id,
+                        worker="w",
+                        attempt=1,
+                        run=1,
+                        index=0,
+                        attempt_id=attempt_id,
+                        steps=["run"],
+                        progress=100,
+                        output=None,
+                        duration_ms=1.0,
+                        now=datetime.now(UTC),
+                    )
+                )
+
+        finishing = threading.Thread(target=finish)
+        finishing.start()
+        wait_for(lambda: _waits_for_a_lock(engine), 10, what="the completion to wait for the row")
+        submitting.commit()
+        finishing.join(10)
+    assert len(result) == 1
+    assert result[0] is not None
+    assert result[0].dependents is True
+
+
+def _running_job(engine: Engine) -> tuple[uuid.UUID, int]:
+    """A one-step job leased by worker ``w`` (attempt 1), with its attempt row."""
+    with Session(engine) as s:
+        owner = s.exec(select(User)).first()
+        assert owner is not None
+        job = Job(
+            type="flow.nap",
+            owner_id=owner.id,
+            status=JobStatus.RUNNING,
+            queue="default",
+            step="run",
+            attempt=1,
+            lease_owner="w",
+        )
+        s.add(job)
+        s.flush()
+        s.add(JobStep(job_id=job.id, index=0, name="run", status="running"))
+        attempt = JobAttempt(
+            job_id=job.id, run=1, step_index=0, attempt=1, worker="w", outcome="running"
+        )
+        s.add(attempt)
+        s.commit()
+        assert attempt.id is not None
+        return job.id, attempt.id
+
+
+def _waits_for_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)

@@ -148,6 +148,7 @@ def create_job(
         job.run_at = run_at
         event = transition_job(session, job, JobStatus.SCHEDULED, actor=actor)
     elif deps:
+        flow.mark_dependencies(session, deps)
         state = flow.dependency_state(session, deps)
         if state is JobStatus.QUEUED:
             event = transition_job(session, job, JobStatus.QUEUED, actor=actor)

@@ -76,7 +76,9 @@ FINISH_JOB = (
         status=JobStatus.COMPLETED.value,
         finished_at=bindparam("b_now"),
     )
-    .returning(_JOBS.c.seq, _JOBS.c.owner_id)
+    # The row as committed when the UPDATE waited for it: a dependent submitted
+    # meanwhile has set has_dependents (flow.mark_dependencies).
+    .returning(_JOBS.c.seq, _JOBS.c.owner_id, _JOBS.c.has_dependents)
 )
 #: A step before the last completed: the job moves on (one event: step).
 ADVANCE_JOB = (
@@ -294,6 +296,7 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     written = _insert_events_from(j, (1, 0) if last else (0,))
     columns: list[ColumnElement[Any]] = [j.c.seq, j.c.owner_id]
     if last:
+        columns.append(j.c.has_dependents)
         waiting = _JOBS.alias("w")
         columns.append(
             select(literal_column("1"))
@@ -449,6 +452,9 @@ class Completed:
     #: After the last step, on PostgreSQL: whether the owner has jobs waiting for
     #: admission (None: not asked).
     waiting: bool | None = None
+    #: After the last step: whether any job was submitted depending on this one (None:
+    #: not the last step).
+    dependents: bool | None = None
 
 
 def complete(
@@ -526,19 +532,25 @@ def complete(
             return None
         _number(rows, found.seq)
         if last:
-            return Completed(found.seq, found.owner_id, rows, waiting=found.waiting)
+            return Completed(
+                found.seq,
+                found.owner_id,
+                rows,
+                waiting=found.waiting,
+                dependents=found.has_dependents,
+            )
         return Completed(found.seq, found.owner_id, rows)
     found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()
     if found is None:
         return None
-    seq, owner = found
+    seq, owner = found.seq, found.owner_id
     _number(rows, seq)
     conn.execute(
         CHECKPOINT_STEP, {"b_id": job_id, "b_index": index, "b_output": output, "b_now": now}
     )
     conn.execute(CLOSE_ATTEMPT, {"b_attempt_id": attempt_id, "b_now": now, "b_ms": duration_ms})
     _insert_events(conn, rows)
-    return Completed(seq, owner, rows)
+    return Completed(seq, owner, rows, dependents=found.has_dependents if last else None)
 
 
 def _postgres(conn: Connection) -> bool:

@@ -145,6 +145,7 @@ def _complete_usual(
         JobStatus.COMPLETED,
         now,
         waiting=done.waiting,
+        dependents=done.dependents,
     )
     return Outcome("completed")
 

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Table, TextClause, bindparam, case, func, or_, text, update
+from sqlalchemy import Connection, Table, TextClause, bindparam, case, func, or_, text, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -91,7 +91,7 @@ def user_cap(session: Session, owner_id: uuid.UUID, default_cap: int) -> int:
     return default_cap
 
 
-def paused(session: Session) -> tuple[set[str], set[str]]:
+def paused(session: Session | Connection) -> tuple[set[str], set[str]]:
     """Return the paused queues and job types."""
     rows = session.execute(_PAUSES).all()
     return (

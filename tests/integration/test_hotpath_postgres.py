@@ -104,7 +104,7 @@ def _record_completions(monkeypatch: pytest.MonkeyPatch) -> list[Completed]:
     return done
 
 
-def test_a_job_finished_in_one_statement_releases_its_dependents(
+def test_a_job_others_depend_on_is_finished_by_the_general_path_which_releases_them(
     pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     used = count_hot_path(monkeypatch)
@@ -118,12 +118,11 @@ def test_a_job_finished_in_one_statement_releases_its_dependents(
     assert second.json()["status"] == JobStatus.BLOCKED
     pg_system.worker.start()
     assert wait_status(pg_client, second.json()["id"])["status"] == "completed"
-    assert used == {"claim": 2, "complete": 2}, "both went through the hot path"
-    # The first has a dependent (its completion looked for it); the second has none.
-    assert [(str(c.rows[-1]["job_id"]), c.dependents) for c in done] == [
-        (first, True),
-        (second.json()["id"], False),
-    ]
+    assert used == {"claim": 2, "complete": 2}, "both tried the hot path"
+    # The first has a dependent: its one-statement completion stepped aside (nothing
+    # written) and the general path finished it and released the second.
+    assert [str(c.rows[-1]["job_id"]) for c in done] == [second.json()["id"]]
+    assert wait_status(pg_client, first)["status"] == "completed"
 
 
 def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
@@ -142,12 +141,13 @@ def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_f
     assert [c.rows[-1]["job_id"] for c in done] == [uuid.UUID(j) for j in jobs]
 
 
-def test_a_dependent_submitted_while_the_completion_waits_is_seen_by_it(
+def test_a_dependent_submitted_while_the_completion_waits_makes_it_step_aside(
     pg_system: DevSystem,
 ) -> None:
     """The race the flag closes: the completion's UPDATE waits for the submitting
-    transaction's lock on the row and returns the flag as that transaction committed it
-    (its other reads see the snapshot from before, hence the flag)."""
+    transaction's lock on the row and checks its fence again on the row as that
+    transaction committed it (its other reads see the snapshot from before, hence the
+    flag): it steps aside, writing nothing, for the general path."""
     engine = pg_system.engine
     job_id, attempt_id = _running_job(engine)
     result: list[Completed | None] = []
@@ -178,9 +178,11 @@ def test_a_dependent_submitted_while_the_completion_waits_is_seen_by_it(
         wait_for(lambda: _waits_for_a_lock(engine), 10, what="the completion to wait for the row")
         submitting.commit()
         finishing.join(10)
-    assert len(result) == 1
-    assert result[0] is not None
-    assert result[0].dependents is True
+    assert result == [None]
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.lease_owner, job.seq) == (JobStatus.RUNNING, "w", 0)
 
 
 def _running_job(engine: Engine) -> tuple[uuid.UUID, int]:

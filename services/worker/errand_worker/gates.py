@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlmodel import Session
 
 from errand_schema import flow
@@ -116,11 +116,11 @@ class FlowGates:
 
     # -- pauses ---------------------------------------------------------------------
 
-    def is_paused(self, session: Session, queue: str, job_type: str) -> bool:
+    def is_paused(self, session: Session | Connection, queue: str, job_type: str) -> bool:
         """Whether the queue or the job type is paused (cached for a second).
 
-        Reads through the caller's session: on SQLite a second connection would wait
-        for the caller's own write lock.
+        Reads through the caller's session or connection: on SQLite a second
+        connection would wait for the caller's own write lock.
         """
         if time.monotonic() - self._paused_read >= PAUSE_CACHE_S:
             self._paused = flow.paused(session)

@@ -296,7 +296,6 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     written = _insert_events_from(j, (1, 0) if last else (0,))
     columns: list[ColumnElement[Any]] = [j.c.seq, j.c.owner_id]
     if last:
-        columns.append(j.c.has_dependents)
         waiting = _JOBS.alias("w")
         columns.append(
             select(literal_column("1"))
@@ -309,7 +308,11 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
 
 
 #: The last step's completion: the job is completed (``step`` and ``completed`` events).
-FINISH_ALL = _complete_statement(FINISH_JOB, last=True)
+#: Only a job nobody depends on: releasing dependents takes the general path's
+#: transaction (the statement runs on its own, :meth:`WorkerRuntime.statement`). The
+#: fence is checked again on the row as committed when the UPDATE waited for it, so a
+#: dependent submitted meanwhile (:func:`errand_schema.flow.mark_dependencies`) is seen.
+FINISH_ALL = _complete_statement(FINISH_JOB.where(_JOBS.c.has_dependents.is_(False)), last=True)
 #: A step before the last completed: the job moves on (``step`` event).
 ADVANCE_ALL = _complete_statement(ADVANCE_JOB, last=False)
 # PostgreSQL's three statements per job, run on the driver's cursor (Precompiled).
@@ -533,11 +536,7 @@ def complete(
         _number(rows, found.seq)
         if last:
             return Completed(
-                found.seq,
-                found.owner_id,
-                rows,
-                waiting=found.waiting,
-                dependents=found.has_dependents,
+                found.seq, found.owner_id, rows, waiting=found.waiting, dependents=False
             )
         return Completed(found.seq, found.owner_id, rows)
     found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()

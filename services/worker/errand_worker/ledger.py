@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 from sqlmodel import Session, col, select
 
 from errand_schema.events import EventType, JobEventMessage
@@ -100,50 +100,69 @@ class NextMessage:
 
 def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
     """Take the lease on the message's step, or say why not."""
+    if rt.one_statement:
+        written: list[JobEventMessage] = []
+        with rt.statement() as conn:
+            alone = _claim_usual(rt, conn, written, msg)
+        if alone is not None:
+            rt.events.publish(written)
+            return alone
     with rt.transaction() as (s, events):
-        usual = _claim_usual(rt, s, events, msg)
-        if usual is not None:
-            return usual
-        job = lock_job(s, msg.job_id)
-        if job is None:
-            return Refusal("no such job")
-        status = JobStatus(job.status)
-        if status in FINISHED_STATUSES or status in (JobStatus.SCHEDULED, JobStatus.BLOCKED):
-            return Refusal(f"job is {status}")
-        if job.step_index != msg.step_index:
-            return Refusal("stale message: step already done")
-        if job.cancel_requested_at is not None:
-            cancel_job(s, events, job, f"worker:{rt.worker}", "cancelled before start")
-            return Refusal("cancelled")
-        now = utcnow()
-        if job.lease_owner is not None:
-            assert job.lease_expires_at is not None
-            if job.lease_expires_at > now:
-                left = (job.lease_expires_at - now).total_seconds()
-                return Refusal(
-                    "leased by another attempt", retry_later=(left + 0.2, job.queue, job.priority)
-                )
-            if not expire_lease(s, events, job, f"worker:{rt.worker}"):
-                return Refusal("attempts exhausted by lost workers", dead_letter=True)
-            attempt = job.attempt + 1
-        elif msg.attempt != job.attempt + 1:
-            return Refusal("stale message: attempt superseded")
-        else:
-            attempt = msg.attempt
-        return _start(rt, s, events, job, attempt)
+        if not rt.one_statement:
+            usual = _claim_usual(rt, s.connection(), events, msg)
+            if usual is not None:
+                return usual
+        return _claim_general(rt, s, events, msg)
+
+
+def _claim_general(
+    rt: WorkerRuntime, s: Session, events: list[JobEventMessage], msg: RunJobStep
+) -> Claim | Refusal:
+    """Every case the usual claim does not take, with the job's row locked."""
+    job = lock_job(s, msg.job_id)
+    if job is None:
+        return Refusal("no such job")
+    status = JobStatus(job.status)
+    if status in FINISHED_STATUSES or status in (JobStatus.SCHEDULED, JobStatus.BLOCKED):
+        return Refusal(f"job is {status}")
+    if job.step_index != msg.step_index:
+        return Refusal("stale message: step already done")
+    if job.cancel_requested_at is not None:
+        cancel_job(s, events, job, f"worker:{rt.worker}", "cancelled before start")
+        return Refusal("cancelled")
+    now = utcnow()
+    if job.lease_owner is not None:
+        assert job.lease_expires_at is not None
+        if job.lease_expires_at > now:
+            left = (job.lease_expires_at - now).total_seconds()
+            return Refusal(
+                "leased by another attempt", retry_later=(left + 0.2, job.queue, job.priority)
+            )
+        if not expire_lease(s, events, job, f"worker:{rt.worker}"):
+            return Refusal("attempts exhausted by lost workers", dead_letter=True)
+        attempt = job.attempt + 1
+    elif msg.attempt != job.attempt + 1:
+        return Refusal("stale message: attempt superseded")
+    else:
+        attempt = msg.attempt
+    return _start(rt, s, events, job, attempt)
 
 
 def _claim_usual(
-    rt: WorkerRuntime, s: Session, events: list[JobEventMessage], msg: RunJobStep
+    rt: WorkerRuntime,
+    conn: Connection,
+    events: list[JobEventMessage],
+    msg: RunJobStep,
 ) -> Claim | None:
-    """The usual claim in a few Core statements (:mod:`errand_worker.hotpath`).
+    """The usual claim (:mod:`errand_worker.hotpath`): a read and one write on
+    PostgreSQL, each committing by itself (``conn`` autocommits; the write is fenced on
+    what the read saw); a few statements in the caller's transaction on SQLite.
 
     Applies to a job free to start the message's step (no lease, no cancel request, no
     hold, the expected attempt) of a known type without a breaker or a concurrency limit,
     in no paused queue. Returns None, having written nothing, in every other case: the
     general path then decides (and records why it refuses).
     """
-    conn = s.connection()
     job = hotpath.read_job(conn, msg.job_id)
     if (
         job is None
@@ -158,7 +177,7 @@ def _claim_usual(
     spec = rt.registry.get(job.type)
     if spec is None or spec.breaker is not None or spec.concurrency_limit:
         return None
-    if rt.gates is not None and rt.gates.is_paused(s, job.queue, job.type):
+    if rt.gates is not None and rt.gates.is_paused(conn, job.queue, job.type):
         return None
     try:
         payload = spec.payload.model_validate(job.payload)
@@ -168,6 +187,8 @@ def _claim_usual(
     index = job.step_index
     rows = hotpath.read_steps(conn, msg.job_id, job)
     if not rows and index == 0:
+        # On its own on PostgreSQL: should the claim below step aside, the general path
+        # finds these rows (the plan's, as it would write them) and uses them.
         rows = hotpath.add_steps(conn, msg.job_id, [p.name for p in plan])
     if index >= len(plan) or index >= len(rows):
         return None

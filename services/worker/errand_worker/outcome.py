@@ -4,7 +4,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 from sqlmodel import Session, col
 
 from errand_schema.events import EventType, JobEventMessage
@@ -50,10 +50,32 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
         LeaseLost: The attempt was superseded; its output is discarded.
     """
     actor = f"worker:{rt.worker}"
+    if rt.one_statement:
+        written: list[JobEventMessage] = []
+        with rt.statement() as conn:
+            alone = _complete_usual(conn, written, claim, output, duration_ms, rt.worker)
+        if alone is not None:
+            outcome, done = alone
+            rt.events.publish(written)
+            if outcome.kind == "completed" and done.waiting is not False:
+                rt.admit(done.owner)  # the slot it freed, after the commit as always
+            return outcome
     with rt.transaction() as (s, events):
-        fast = _complete_usual(s, events, claim, output, duration_ms, rt.worker)
-        if fast is not None:
-            return fast
+        if not rt.one_statement:
+            usual = _complete_usual(s.connection(), events, claim, output, duration_ms, rt.worker)
+            if usual is not None:
+                outcome, done = usual
+                if outcome.kind == "completed":
+                    job_finished(
+                        s,
+                        claim.job_id,
+                        done.owner,
+                        JobStatus.COMPLETED,
+                        done.rows[-1]["at"],
+                        waiting=done.waiting,
+                        dependents=done.dependents,
+                    )
+                return outcome
         job = fenced_job(s, claim, rt.worker)
         # One UPDATE, no read: the claim already knows the step.
         s.execute(
@@ -103,22 +125,24 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
 
 
 def _complete_usual(
-    s: Session,
+    conn: Connection,
     events: list[JobEventMessage],
     claim: Claim,
     output: Any,
     duration_ms: float,
     worker: str,
-) -> Outcome | None:
-    """The usual completion in a few Core statements (:mod:`errand_worker.hotpath`);
-    None when something unusual applies (the caller then takes the general path)."""
+) -> tuple[Outcome, hotpath.Completed] | None:
+    """The usual completion (:mod:`errand_worker.hotpath`): one statement on
+    PostgreSQL, a few in the caller's transaction on SQLite. None when something unusual
+    applies (nothing written: the caller then takes the general path); otherwise the
+    outcome and what was written (the caller frees the slot, and on SQLite sets off
+    what the finished job does)."""
     attempt_id = claim.attempt_key
     if attempt_id is None:
         return None
-    now = utcnow()
     index = claim.step_index
     done = hotpath.complete(
-        s.connection(),
+        conn,
         job_id=claim.job_id,
         worker=worker,
         attempt=claim.attempt,
@@ -129,7 +153,7 @@ def _complete_usual(
         progress=overall_progress(index + 1, len(claim.steps), 0),
         output=output,
         duration_ms=duration_ms,
-        now=now,
+        now=utcnow(),
     )
     if done is None:
         return None
@@ -137,17 +161,8 @@ def _complete_usual(
     if index + 1 < len(claim.steps):
         nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
         sent = NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
-        return Outcome("next", sent)
-    job_finished(
-        s,
-        claim.job_id,
-        done.owner,
-        JobStatus.COMPLETED,
-        now,
-        waiting=done.waiting,
-        dependents=done.dependents,
-    )
-    return Outcome("completed")
+        return Outcome("next", sent), done
+    return Outcome("completed"), done
 
 
 def fail_step(

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, update
 from sqlmodel import Session, col
 
 from errand_schema import flow
@@ -74,6 +74,26 @@ class WorkerRuntime:
     queue_backlog: Callable[[str], int | None] | None = None
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
+
+    @property
+    def one_statement(self) -> bool:
+        """Whether the usual claim and completion are single statements, each run on
+        its own (:meth:`statement`): PostgreSQL. SQLite runs them as several statements
+        in one :meth:`transaction`."""
+        return self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """Yield a connection whose every statement commits by itself (autocommit).
+
+        For the hot path's single statements (:mod:`errand_worker.hotpath`): each is
+        atomic alone, and a transaction around it would cost a ``BEGIN`` and a
+        ``COMMIT``, two round trips more than the statement's one. The caller
+        publishes its events after the statement.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Session, list[JobEventMessage]]]:

@@ -2,7 +2,8 @@
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -110,6 +111,15 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+@contextmanager
+def autocommit_connection(engine: Engine) -> Iterator[Connection]:
+    """Yield a pooled connection whose every statement commits by itself; back in the
+    pool it is transactional again (SQLAlchemy resets the isolation level on checkin)."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
 def once_more_on_disconnect(work: Callable[[], T]) -> T:
     """Run ``work`` (one transaction of its own); once more if its connection turned
     out to be dead.
@@ -171,23 +181,23 @@ class Precompiled:
                 row = result.first()
                 return [] if row is None else [row]
             return list(result.all())
-        sql, defaults, processors = plan
-        values = defaults | params
-        for name, process in processors.items():
+        missing = plan.required - params.keys()
+        if missing:
+            raise ValueError(f"no value for parameters {sorted(missing)}")
+        values = plan.defaults | params
+        for name, process in plan.processors.items():
             values[name] = process(values[name])
         dbapi_connection = conn.connection.dbapi_connection
         assert dbapi_connection is not None
-        cursor = dbapi_connection.cursor(row_factory=_namedtuple_row())
+        cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(sql, values)
-            if not one:
-                return list(cursor.fetchall())
-            row = cursor.fetchone()
-            return [] if row is None else [row]
+            cursor.execute(plan.sql, values)
+            rows = cursor.fetchmany(1) if one else cursor.fetchall()
+            return plan.rows(conn.dialect, cursor.description, rows) if rows else []
         except conn.dialect.loaded_dbapi.Error as exc:
             # SQLAlchemy's own translation: DBAPIError, connection (and, for a disconnect,
             # pool) invalidation. Private, but the one place that does all of it.
-            conn._handle_dbapi_exception(exc, sql, values, cursor, None)
+            conn._handle_dbapi_exception(exc, plan.sql, values, cursor, None)
             raise  # not reached: the call above raises
         finally:
             cursor.close()
@@ -197,38 +207,65 @@ class Precompiled:
         known = self._compiled
         if known is not None and known[0] is dialect:
             return known[1]
-        plan = _compile(self.statement, dialect)
+        plan = _Plan.of(self.statement, dialect)
         self._compiled = (dialect, plan)
         return plan
 
 
-#: SQL with named (pyformat) parameters, every parameter's default, the bound
-#: parameters' type processors.
-_Plan = tuple[str, dict[str, Any], dict[str, Any]]
+class _Plan:
+    """A statement compiled for psycopg: SQL with named parameters, every parameter's
+    default (the literals' values; None for the caller's), the bound parameters' type
+    processors, and the result columns' (found at the first rows, from their types)."""
 
+    def __init__(self, compiled: Any) -> None:
+        self.sql: str = compiled.string
+        self.defaults: dict[str, Any] = compiled.construct_params(_check=False)
+        self.processors: dict[str, Any] = dict(compiled._bind_processors)
+        self.required = frozenset(n for n, b in compiled.binds.items() if b.required)
+        self._columns = list(compiled._result_columns)
+        self._row: Any = namedtuple("Row", [c[0] for c in self._columns], rename=True)  # type: ignore[misc]
+        self._out: list[Any] | None = None
 
-def _compile(statement: Any, dialect: Any) -> _Plan | None:
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return None
-    compiled = statement.compile(dialect=dialect)
-    if (
-        compiled.escaped_bind_names
-        or compiled.literal_execute_params
-        or any(b.expanding for b in compiled.binds.values())
-    ):
-        return None
-    # The literals' values, and None for the parameters the caller gives (laid over).
-    defaults = compiled.construct_params(_check=False)
-    return compiled.string, defaults, dict(compiled._bind_processors)
+    @classmethod
+    def of(cls, statement: Any, dialect: Any) -> "_Plan | None":
+        """The plan, or None for what needs SQLAlchemy's own execution: another driver,
+        escaped or expanding parameters, Python-side column defaults."""
+        if dialect.name != "postgresql" or dialect.driver != "psycopg":
+            return None
+        compiled = statement.compile(dialect=dialect)
+        if (
+            compiled.escaped_bind_names
+            or compiled.literal_execute_params
+            or compiled.insert_prefetch
+            or compiled.update_prefetch
+            or any(b.expanding for b in compiled.binds.values())
+        ):
+            return None
+        return cls(compiled)
+
+    def rows(self, dialect: Any, description: Any, rows: Sequence[Any]) -> list[Any]:
+        """``rows`` as named tuples, through the columns' result processors (as
+        SQLAlchemy's result would: a type decorator's ``process_result_value``)."""
+        out = self._out
+        if out is None:
+            if self._columns:
+                # By the driver's type of each column, as SQLAlchemy picks them (cached).
+                out = [
+                    column[3]._cached_result_processor(dialect, d.type_code)
+                    for column, d in zip(self._columns, description, strict=True)
+                ]
+            else:  # a text() statement: no column types to process with
+                self._row = namedtuple("Row", [d.name for d in description], rename=True)  # type: ignore[misc]
+                out = [None] * len(description)
+            self._out = out
+        make = self._row._make
+        if not any(out):
+            return [make(row) for row in rows]
+        return [
+            make(v if f is None else f(v) for f, v in zip(out, row, strict=True)) for row in rows
+        ]
 
 
 def _listened(conn: Connection) -> bool:
     """Whether something listens to this connection's statements (tracing, tests)."""
     return bool(conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute)
-
-
-def _namedtuple_row() -> Any:
-    # Imported when first used: the worker's supervisor process loads no driver.
-    from psycopg.rows import namedtuple_row
-
-    return namedtuple_row

@@ -16,7 +16,18 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, TextClause, bindparam, case, func, or_, text, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    TextClause,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -206,13 +217,18 @@ def mark_dependencies(session: Session, ids: list[uuid.UUID]) -> None:
 
     In the submitting transaction and before :func:`dependency_state`'s read: the
     UPDATE locks each row, so a dependency finishing meanwhile either waits for this
-    commit, and its completion (an UPDATE of the same row, which returns the row as
-    committed) sees the flag and looks for its dependents, or committed first, and the
-    read after this sees it finished.
+    commit, and its one-statement completion (fenced on the flag, checked again on the
+    row as committed) steps aside for the general path, which settles its dependents,
+    or committed first, and the read after this sees it finished.
     """
     if ids:
+        # Only rows not flagged yet: many submissions on one dependency do not queue
+        # behind each other's row lock (a flagged job's completion takes the general
+        # path, whose look for dependents waits for dependency_state's FOR SHARE).
         session.execute(
-            update(Job).where(col(Job.id).in_(ids)).values(has_dependents=True),
+            update(Job)
+            .where(col(Job.id).in_(ids), col(Job.has_dependents).is_(False))
+            .values(has_dependents=True),
             execution_options={"synchronize_session": False},
         )
 
@@ -225,6 +241,8 @@ def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None
     after its commit, and one that finishes after this read waits for the caller's
     commit, so its own look for dependents (a statement after its UPDATE) sees the new
     job. Without the lock, a job submitted as its dependency finished stayed blocked.
+    (The worker's one-statement completion does not look: it is fenced on
+    ``jobs.has_dependents``, see :func:`mark_dependencies`.)
     """
     if not ids:
         return JobStatus.QUEUED
@@ -235,6 +253,52 @@ def dependency_state(session: Session, ids: list[uuid.UUID]) -> JobStatus | None
     if len(statuses) == len(set(ids)) and all(s == JobStatus.COMPLETED for s in statuses):
         return JobStatus.QUEUED
     return None
+
+
+def stuck_dependencies(session: Session, limit: int = 200) -> list[tuple[uuid.UUID, str]]:
+    """Finished jobs with a ``blocked`` dependent that should have moved on: all its
+    dependencies finished, or one ended without completing. Returns ``(id, status)``
+    of one such dependency per dependent (the reconciler settles its dependents).
+
+    Finishing a job settles its dependents in the same transaction; this finds what
+    that missed (a dependency written by an API older than ``jobs.has_dependents``,
+    during a rolling upgrade, whose one-statement completion did not look).
+    """
+    blocked, dep, parent = _JOBS.alias("b"), _DEPS.alias("d"), _JOBS.alias("p")
+    finished = [s.value for s in FINISHED_STATUSES]
+    unfinished = (
+        core_select(literal_column("1"))
+        .select_from(dep.join(parent, parent.c.id == dep.c.depends_on_id))
+        .where(dep.c.job_id == blocked.c.id, parent.c.status.not_in(finished))
+        .exists()
+    )
+    ended_otherwise = (
+        core_select(literal_column("1"))
+        .select_from(dep.join(parent, parent.c.id == dep.c.depends_on_id))
+        .where(
+            dep.c.job_id == blocked.c.id,
+            parent.c.status.in_(finished),
+            parent.c.status != JobStatus.COMPLETED.value,
+        )
+        .exists()
+    )
+    stuck = (
+        core_select(blocked.c.id)
+        .where(blocked.c.status == JobStatus.BLOCKED.value, or_(~unfinished, ended_otherwise))
+        .limit(limit)
+        .scalar_subquery()
+    )
+    # One finished dependency per stuck job: a failed one first (it fails the job).
+    rows = session.execute(
+        core_select(dep.c.job_id, parent.c.id, parent.c.status)
+        .select_from(dep.join(parent, parent.c.id == dep.c.depends_on_id))
+        .where(dep.c.job_id.in_(stuck), parent.c.status.in_(finished))
+        .order_by(dep.c.job_id, (parent.c.status == JobStatus.COMPLETED.value))
+    ).all()
+    chosen: dict[uuid.UUID, tuple[uuid.UUID, str]] = {}
+    for job_id, dependency_id, status in rows:
+        chosen.setdefault(job_id, (dependency_id, status))
+    return list(dict.fromkeys(chosen.values()))
 
 
 def dependents(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:

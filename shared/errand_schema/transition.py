@@ -174,12 +174,10 @@ def job_finished(
     if waiting is not False:
         flow.note_admit(session, owner_id)
     if dependents is not False:
-        _settle_dependents(session, job_id, status, at)
+        settle_dependents(session, job_id, status, at)
 
 
-def _settle_dependents(
-    session: Session, job_id: uuid.UUID, status: JobStatus, at: datetime
-) -> None:
+def settle_dependents(session: Session, job_id: uuid.UUID, status: JobStatus, at: datetime) -> None:
     """Queue the blocked dependents whose dependencies all completed; fail them all,
     through the whole graph, when the job ended otherwise."""
     for dependent_id in flow.dependents(session, job_id):

@@ -72,6 +72,8 @@ def test_job_table_updates_in_place_without_layout_shift(
     sign_in(page, dev_server.url, dev_server.api_key)
     page.get_by_role("link", name="Jobs", exact=True).click()
     expect(page.locator("#jobs-status")).to_contain_text("Page 1")
+    # (live first: a job submitted while the feed connects is not announced)
+    expect(page.locator("#live-state")).to_have_text("Live")
     # When a job is submitted elsewhere, the table announces it instead of moving rows
     steps = [{"name": f"s{i}", "duration_s": 1.0, "ticks": 5} for i in range(3)]
     job_id = dev_server.submit("demo.pipeline", {"steps": steps})

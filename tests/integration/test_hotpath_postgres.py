@@ -125,6 +125,25 @@ def test_a_job_others_depend_on_is_finished_by_the_general_path_which_releases_t
     assert wait_status(pg_client, first)["status"] == "completed"
 
 
+def test_a_dependency_written_without_the_flag_is_settled_by_the_reconciler(
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An API older than jobs.has_dependents wrote the dependency (a rolling upgrade).
+    done = _record_completions(monkeypatch)
+    first = submit(pg_client, "flow.nap", {"seconds": 0})
+    second = pg_client.post(
+        "/v1/jobs", json={"type": "flow.nap", "payload": {"seconds": 0}, "depends_on": [first]}
+    ).json()
+    with Session(pg_system.engine) as s:
+        s.execute(text("UPDATE jobs SET has_dependents = false WHERE id = :id"), {"id": first})
+        s.commit()
+    pg_system.worker.start()
+    assert wait_status(pg_client, second["id"], timeout_s=30)["status"] == "completed"
+    # The first finished in one statement (no look for dependents); the sweep released
+    # the second.
+    assert [str(c.rows[-1]["job_id"]) for c in done] == [first, second["id"]]
+
+
 def test_a_capped_users_waiting_jobs_are_admitted_as_one_statement_completions_free_slots(
     pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from errand_schema import db
@@ -128,3 +128,40 @@ def test_a_dead_connection_is_invalidated_and_the_work_runs_once_more(engine: En
     assert row is not None
     assert row.step == "second"
     assert len(runs) == 2
+
+
+def test_a_missing_parameter_is_refused_not_sent_as_null(engine: Engine) -> None:
+    with engine.connect() as conn, pytest.raises(ValueError, match="b_id"):
+        db.Precompiled(hotpath.READ_CLAIM).first(conn, {})
+
+
+def test_a_statement_error_is_sqlalchemys_and_the_connection_stays_usable(
+    engine: Engine,
+) -> None:
+    job_id = _job(engine)
+    insert = db.Precompiled(
+        text(
+            "INSERT INTO job_steps (job_id, index, name, status, progress, attempts) "
+            "VALUES (:job, 0, 'again', 'pending', 0, 0) RETURNING index"
+        )
+    )
+    with db.autocommit_connection(engine) as conn:
+        with pytest.raises(IntegrityError) as failed:
+            insert.first(conn, {"job": job_id})  # (job_id, 0) exists
+        assert not failed.value.connection_invalidated
+        row = db.Precompiled(hotpath.READ_CLAIM).first(conn, {"b_id": job_id})
+    assert row is not None
+
+
+def test_an_autocommit_connection_goes_back_to_the_pool_transactional(engine: Engine) -> None:
+    job_id = _job(engine)
+    with db.autocommit_connection(engine) as conn:
+        conn.execute(text("UPDATE jobs SET progress = 7 WHERE id = :id"), {"id": job_id})
+    # The pool's one connection again: a session's write is undone by its rollback.
+    with Session(engine) as s:
+        s.execute(text("UPDATE jobs SET progress = 50 WHERE id = :id"), {"id": job_id})
+        s.rollback()
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert job.progress == 7  # the autocommitted write stayed, the rolled back one did not

@@ -283,12 +283,14 @@ def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     """A completion's writes in one statement; selects ``(seq, owner)`` and, after the
     last step, whether the owner has jobs waiting for admission.
 
-    Not whether other jobs depend on this one: every part of the statement reads the
-    snapshot taken when it began, and a dependency committed while the job's UPDATE
-    waited for the row (a submission holds its dependencies ``FOR SHARE`` until it
-    commits) would be missed, its dependent blocked for good. The caller asks in a
-    statement of its own (:func:`errand_schema.transition.job_finished`). A waiting job
-    missed the same way is admitted by the reconciler's next pass.
+    Not whether other jobs depend on this one: every part of the statement but the
+    UPDATE's own row reads the snapshot taken when it began, and a dependency committed
+    while the UPDATE waited for the row would be missed. Instead the job's UPDATE is
+    fenced on ``has_dependents`` (set by the submission's UPDATE of the row, checked
+    again on the row as committed): a job others depend on is finished by the general
+    path, which settles its dependents in its transaction (the reconciler's
+    ``settle_stuck_dependents`` catches what an older API left unflagged). A waiting
+    job missed by the ``waiting`` probe is admitted by the reconciler's next pass.
     """
     j = job_update.cte("j")
     step = CHECKPOINT_STEP.where(_exists(j)).cte("s")

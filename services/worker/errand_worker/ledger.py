@@ -160,8 +160,9 @@ def _claim_usual(
 
     Applies to a job free to start the message's step (no lease, no cancel request, no
     hold, the expected attempt) of a known type without a breaker or a concurrency limit,
-    in no paused queue. Returns None, having written nothing, in every other case: the
-    general path then decides (and records why it refuses).
+    in no paused queue. Returns None in every other case, having written nothing but,
+    for a planner's first step, the step rows of its plan (which the general path then
+    finds and uses): the general path decides (and records why it refuses).
     """
     job = hotpath.read_job(conn, msg.job_id)
     if (

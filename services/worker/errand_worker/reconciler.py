@@ -17,7 +17,7 @@ from errand_schema import flow
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
 from errand_schema.states import JobStatus
-from errand_schema.transition import lock_job, transition_job
+from errand_schema.transition import lock_job, settle_dependents, transition_job
 from errand_worker.leader import LeaderLock
 from errand_worker.ledger import expire_lease
 from errand_worker.runtime import WorkerRuntime
@@ -63,16 +63,23 @@ class Reconciler:
         self._stop = threading.Event()
         self._last_retention = 0.0
         self._last_lost_check = 0.0
+        self._thread: threading.Thread | None = None
 
     def start(self) -> threading.Thread:
         """Run passes in a daemon thread until :meth:`stop`."""
         thread = threading.Thread(target=self._run, name="errand-reconciler", daemon=True)
+        self._thread = thread
         thread.start()
         return thread
 
-    def stop(self) -> None:
-        """Stop after the current pass and give up leadership."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop after the current pass (waiting up to ``timeout_s`` for it) and give up
+        leadership. Waiting first: a pass still running could otherwise take the lock
+        again after the release, or hand its connection back after the engine is gone."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
         self._leader.release()
 
     def _run(self) -> None:
@@ -85,7 +92,7 @@ class Reconciler:
                 except Exception:  # estimates only; Redis may be down
                     logger.debug("could not announce capacity", exc_info=True)
             try:
-                if self._leader.acquire():
+                if not self._stop.is_set() and self._leader.acquire():
                     self.run_once()
             except Exception:  # the loop must survive database and broker outages
                 logger.warning("reconciler pass failed", exc_info=True)
@@ -102,6 +109,7 @@ class Reconciler:
         if time.monotonic() - self._last_lost_check >= LOST_CHECK_EVERY_S:
             self._last_lost_check = time.monotonic()
             counts["republished"] = self.republish_lost()
+            counts["unblocked"] = self.settle_stuck_dependents()
         if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
             self._last_retention = time.monotonic()
             counts["deleted"] = self.delete_expired()
@@ -217,6 +225,18 @@ class Reconciler:
                     .values(published_at=utcnow())
                 )
         return len(sent)
+
+    def settle_stuck_dependents(self) -> int:
+        """Queue (or fail) ``blocked`` jobs whose dependencies' completion did not
+        settle them (see :func:`errand_schema.flow.stuck_dependencies`)."""
+        with self._rt.transaction() as (s, _):
+            stuck = flow.stuck_dependencies(s, BATCH)
+        for dependency_id, status in stuck:
+            with self._rt.transaction() as (s, _):
+                settle_dependents(s, dependency_id, JobStatus(status), utcnow())
+        if stuck:
+            logger.warning("released the dependents of %d finished jobs", len(stuck))
+        return len(stuck)
 
     def admit_waiting(self) -> int:
         """Admit queued jobs into their users' free slots (catches every missed chance)."""

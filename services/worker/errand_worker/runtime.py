@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, update
 from sqlmodel import Session, col
 
 from errand_schema import flow
-from errand_schema.db import session_scope
+from errand_schema.db import autocommit_connection, session_scope
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
@@ -91,8 +91,7 @@ class WorkerRuntime:
         ``COMMIT``, two round trips more than the statement's one. The caller
         publishes its events after the statement.
         """
-        with self.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+        with autocommit_connection(self.engine) as conn:
             yield conn
 
     @contextmanager

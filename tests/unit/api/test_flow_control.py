@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
@@ -34,6 +34,26 @@ def _at(value: str) -> datetime:
 
 
 # --- dependencies -------------------------------------------------------------------
+
+
+def test_a_dependent_its_dependencys_completion_missed_is_released_by_the_reconciler(
+    dev_system: DevSystem, api_client: TestClient
+) -> None:
+    # Given a dependency whose flag is not set (written by an API older than
+    # jobs.has_dependents, during a rolling upgrade): its completion will not look
+    first = submit(api_client, "flow.nap", {"seconds": 0})
+    second = api_client.post("/v1/jobs", json={**_nap(), "depends_on": [first]}).json()
+    assert second["status"] == "blocked"
+    with Session(dev_system.engine) as s:
+        s.execute(update(Job).where(col(Job.id) == uuid.UUID(first)).values(has_dependents=False))
+        s.commit()
+    # When the workers (and the reconciler's passes) run
+    dev_system.worker.start()
+    assert wait_status(api_client, first)["status"] == "completed"
+    # Then the reconciler's sweep releases the dependent, and it runs
+    assert wait_status(api_client, second["id"], timeout_s=30)["status"] == "completed"
+    released = [e for e in events(dev_system, second["id"]) if e.actor == "dependencies"]
+    assert [e.message for e in released] == ["every dependency completed"]
 
 
 def test_a_diamond_runs_in_dependency_order(running: TestClient) -> None:

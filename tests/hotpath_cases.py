@@ -10,8 +10,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from errand.dev import DevSystem
-from errand_schema.models import JobStep
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job, JobStep
 from errand_worker import hotpath, ledger, outcome
+from errand_worker.errors import LeaseLost
 
 from inprocess import attempts, events, submit, wait_status
 
@@ -117,3 +119,41 @@ def check_a_cancel_during_a_step_takes_the_general_path(
     assert [s["status"] for s in job["steps"]][1] == "cancelled"
     seqs = [e.seq for e in events(dev_system, job_id)]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def check_a_completion_run_again_finds_its_own_write(
+    client: TestClient, dev_system: DevSystem
+) -> None:
+    """A completion run once more (its reply was lost with its connection) finds its
+    own write and returns the same outcome, not "superseded"; a stale one still fails."""
+    rt = dev_system.runtime
+    steps = [{"name": "a", "duration_s": 0}, {"name": "b", "duration_s": 0}]
+    job_id = uuid.UUID(submit(client, "demo.pipeline", {"steps": steps}))
+    claim = ledger.claim_step(rt, RunJobStep(job_id=job_id, step_index=0, attempt=1))
+    assert isinstance(claim, ledger.Claim)
+    first = outcome.complete_step(rt, claim, {"a": 1}, 5.0)
+    again = outcome.complete_step(rt, claim, {"a": 1}, 5.0)
+    assert first.kind == again.kind == "next"
+    assert first.next == again.next  # the next step's message is still sent
+
+    claim = ledger.claim_step(rt, RunJobStep(job_id=job_id, step_index=1, attempt=1))
+    assert isinstance(claim, ledger.Claim)
+    assert outcome.complete_step(rt, claim, {"b": 2}, 5.0).kind == "completed"
+    assert outcome.complete_step(rt, claim, {"b": 2}, 5.0).kind == "completed"
+    with Session(dev_system.engine) as s:
+        rows = s.exec(select(JobStep).where(col(JobStep.job_id) == job_id)).all()
+        assert sorted((r.index, r.output) for r in rows) == [(0, {"a": 1}), (1, {"b": 2})]
+    assert [e.type for e in events(dev_system, str(job_id))].count("completed") == 1
+
+    # An attempt that did not complete (superseded meanwhile) is still refused.
+    other = uuid.UUID(submit(client, "demo.pipeline", {"steps": steps}))
+    stale = ledger.claim_step(rt, RunJobStep(job_id=other, step_index=0, attempt=1))
+    assert isinstance(stale, ledger.Claim)
+    with Session(dev_system.engine) as s:
+        job = s.get(Job, other)
+        assert job is not None
+        job.lease_owner = "someone else"
+        s.add(job)
+        s.commit()
+    with pytest.raises(LeaseLost):
+        outcome.complete_step(rt, stale, {"a": 1}, 5.0)

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from hotpath_cases import (
     JOBS,
     check_a_cancel_during_a_step_takes_the_general_path,
+    check_a_completion_run_again_finds_its_own_write,
     check_same_rows_as_the_general_path,
     count_hot_path,
 )
@@ -88,6 +89,12 @@ def test_a_cancel_during_a_step_writes_nothing_on_the_hot_path(
     pg_running: TestClient, pg_system: DevSystem
 ) -> None:
     check_a_cancel_during_a_step_takes_the_general_path(pg_running, pg_system)
+
+
+def test_a_completion_run_again_after_a_lost_reply_finds_its_own_write(
+    pg_client: TestClient, pg_system: DevSystem
+) -> None:
+    check_a_completion_run_again_finds_its_own_write(pg_client, pg_system)
 
 
 def _record_completions(monkeypatch: pytest.MonkeyPatch) -> list[Completed]:

@@ -9,7 +9,7 @@ from sqlmodel import Session, col
 
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.messages import RunJobStep
-from errand_schema.models import JobStep, utcnow
+from errand_schema.models import Job, JobAttempt, JobStep, utcnow
 from errand_schema.states import JobStatus, StepStatus
 from errand_schema.transition import (
     append_event,
@@ -19,6 +19,7 @@ from errand_schema.transition import (
 )
 from errand_worker import hotpath
 from errand_worker.alerts import alert_dead_job
+from errand_worker.errors import LeaseLost
 from errand_worker.holds import park_held
 from errand_worker.ledger import (
     Claim,
@@ -50,33 +51,21 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
         LeaseLost: The attempt was superseded; its output is discarded.
     """
     actor = f"worker:{rt.worker}"
-    if rt.one_statement:
-        written: list[JobEventMessage] = []
-        with rt.statement() as conn:
-            alone = _complete_usual(conn, written, claim, output, duration_ms, rt.worker)
-        if alone is not None:
-            outcome, done = alone
-            rt.events.publish(written)
-            if outcome.kind == "completed" and done.waiting is not False:
-                rt.admit(done.owner)  # the slot it freed, after the commit as always
-            return outcome
+    alone = _complete_alone(rt, claim, output, duration_ms) if rt.one_statement else None
+    if alone is not None:
+        return alone
     with rt.transaction() as (s, events):
         if not rt.one_statement:
-            usual = _complete_usual(s.connection(), events, claim, output, duration_ms, rt.worker)
+            usual = _complete_in_transaction(s, events, claim, output, duration_ms, rt.worker)
             if usual is not None:
-                outcome, done = usual
-                if outcome.kind == "completed":
-                    job_finished(
-                        s,
-                        claim.job_id,
-                        done.owner,
-                        JobStatus.COMPLETED,
-                        done.rows[-1]["at"],
-                        waiting=done.waiting,
-                        dependents=done.dependents,
-                    )
-                return outcome
-        job = fenced_job(s, claim, rt.worker)
+                return usual
+        try:
+            job = fenced_job(s, claim, rt.worker)
+        except LeaseLost:
+            landed = _completion_landed(s, claim)
+            if landed is None:
+                raise
+            return landed
         # One UPDATE, no read: the claim already knows the step.
         s.execute(
             update(JobStep)
@@ -122,6 +111,79 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
             return Outcome("held")  # resumes at this next step once released
         nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
         return Outcome("next", NextMessage(nxt, claim.queue, claim.priority, continuation=True))
+
+
+def _complete_alone(
+    rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: float
+) -> Outcome | None:
+    """The usual completion as one statement committing by itself (PostgreSQL), then its
+    events and the slot it freed; None when the general path must decide."""
+    written: list[JobEventMessage] = []
+    with rt.statement() as conn:
+        alone = _complete_usual(conn, written, claim, output, duration_ms, rt.worker)
+    if alone is None:
+        return None
+    outcome, done = alone
+    rt.events.publish(written)
+    if outcome.kind == "completed" and done.waiting is not False:
+        rt.admit(done.owner)  # the slot it freed, after the commit as always
+    return outcome
+
+
+def _complete_in_transaction(
+    s: Session,
+    events: list[JobEventMessage],
+    claim: Claim,
+    output: Any,
+    duration_ms: float,
+    worker: str,
+) -> Outcome | None:
+    """The usual completion as a few statements of the caller's transaction (SQLite),
+    with what the finished job sets off; None when the general path must decide."""
+    usual = _complete_usual(s.connection(), events, claim, output, duration_ms, worker)
+    if usual is None:
+        return None
+    outcome, done = usual
+    if outcome.kind == "completed":
+        job_finished(
+            s,
+            claim.job_id,
+            done.owner,
+            JobStatus.COMPLETED,
+            done.rows[-1]["at"],
+            waiting=done.waiting,
+            dependents=done.dependents,
+        )
+    return outcome
+
+
+def _completion_landed(s: Session, claim: Claim) -> Outcome | None:
+    """The outcome of this attempt's completion when it was written already, else None.
+
+    A completion that committed but whose reply was lost with its connection is run
+    once more (:func:`errand_schema.db.once_more_on_disconnect`) and finds its own write
+    where its fence was: the attempt row completed and the job just past the step, this
+    run. Its outcome stands (the next step's message is still to be sent), rather than
+    "superseded", which would leave that message to the lost-message repair.
+    """
+    attempt_id = claim.attempt_key
+    attempt = s.get(JobAttempt, attempt_id) if attempt_id is not None else None
+    job = s.get(Job, claim.job_id)
+    if attempt is None or attempt.outcome != "completed" or job is None or job.run != claim.run:
+        return None
+    if claim.step_index + 1 >= len(claim.steps):
+        return Outcome("completed") if job.status == JobStatus.COMPLETED else None
+    if (
+        job.status != JobStatus.RUNNING
+        or job.step_index != claim.step_index + 1
+        or job.lease_owner is not None
+        or job.published_at is None
+    ):
+        return None
+    nxt = RunJobStep(job_id=claim.job_id, step_index=job.step_index, attempt=1)
+    return Outcome(
+        "next", NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
+    )
 
 
 def _complete_usual(

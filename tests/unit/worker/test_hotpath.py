@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from hotpath_cases import (
     JOBS,
     check_a_cancel_during_a_step_takes_the_general_path,
+    check_a_completion_run_again_finds_its_own_write,
     check_same_rows_as_the_general_path,
 )
 
@@ -24,3 +25,9 @@ def test_a_cancel_requested_during_a_step_takes_the_general_path_at_its_end(
     running: TestClient, dev_system: DevSystem
 ) -> None:
     check_a_cancel_during_a_step_takes_the_general_path(running, dev_system)
+
+
+def test_a_completion_run_again_after_a_lost_reply_finds_its_own_write(
+    api_client: TestClient, dev_system: DevSystem
+) -> None:
+    check_a_completion_run_again_finds_its_own_write(api_client, dev_system)

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from errand_schema.db import Precompiled
 from errand_schema.events import JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_schema.models import WAITING_SQL, Job, JobDependency, Pause, User, utcnow
@@ -70,9 +69,7 @@ _HAS_WAITING = (
     core_select(_JOBS.c.id).where(_JOBS.c.owner_id == bindparam("owner"), _WAITING).limit(1)
 )
 _PAUSES = core_select(Pause.__table__.c.kind, Pause.__table__.c.name)  # type: ignore[attr-defined]
-_DEPENDENTS = Precompiled(
-    core_select(_DEPS.c.job_id).where(_DEPS.c.depends_on_id == bindparam("job"))
-)
+_DEPENDENTS = core_select(_DEPS.c.job_id).where(_DEPS.c.depends_on_id == bindparam("job"))
 
 
 def lock_owner(session: Session, owner_id: uuid.UUID) -> None:
@@ -303,10 +300,7 @@ def stuck_dependencies(session: Session, limit: int = 200) -> list[tuple[uuid.UU
 
 def dependents(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
     """Return the jobs that wait for ``job_id``."""
-    if session.new or session.dirty or session.deleted:
-        # Pending changes are flushed first, as a session's own execute would.
-        session.flush()
-    return [row[0] for row in _DEPENDENTS.all(session.connection(), {"job": job_id})]
+    return list(session.execute(_DEPENDENTS, {"job": job_id}).scalars())
 
 
 def dependencies(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:

@@ -76,8 +76,8 @@ FINISH_JOB = (
         status=JobStatus.COMPLETED.value,
         finished_at=bindparam("b_now"),
     )
-    # The row as committed when the UPDATE waited for it: a dependent submitted
-    # meanwhile has set has_dependents (flow.mark_dependencies).
+    # has_dependents: SQLite's caller looks for dependents only when it is set (on
+    # PostgreSQL, FINISH_ALL is fenced on it instead).
     .returning(_JOBS.c.seq, _JOBS.c.owner_id, _JOBS.c.has_dependents)
 )
 #: A step before the last completed: the job moves on (one event: step).

@@ -101,11 +101,9 @@ class NextMessage:
 def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
     """Take the lease on the message's step, or say why not."""
     if rt.one_statement:
-        written: list[JobEventMessage] = []
-        with rt.statement() as conn:
+        with rt.statement() as (conn, written):
             alone = _claim_usual(rt, conn, written, msg)
         if alone is not None:
-            rt.events.publish(written)
             return alone
     with rt.transaction() as (s, events):
         if not rt.one_statement:

@@ -118,13 +118,11 @@ def _complete_alone(
 ) -> Outcome | None:
     """The usual completion as one statement committing by itself (PostgreSQL), then its
     events and the slot it freed; None when the general path must decide."""
-    written: list[JobEventMessage] = []
-    with rt.statement() as conn:
+    with rt.statement() as (conn, written):
         alone = _complete_usual(conn, written, claim, output, duration_ms, rt.worker)
     if alone is None:
         return None
     outcome, done = alone
-    rt.events.publish(written)
     if outcome.kind == "completed" and done.waiting is not False:
         rt.admit(done.owner)  # the slot it freed, after the commit as always
     return outcome

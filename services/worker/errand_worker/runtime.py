@@ -83,16 +83,18 @@ class WorkerRuntime:
         return self.engine.dialect.name == "postgresql"
 
     @contextmanager
-    def statement(self) -> Iterator[Connection]:
-        """Yield a connection whose every statement commits by itself (autocommit).
+    def statement(self) -> Iterator[tuple[Connection, list[JobEventMessage]]]:
+        """Yield a connection whose every statement commits by itself (autocommit) and
+        an event list, published afterwards (as :meth:`transaction` does).
 
         For the hot path's single statements (:mod:`errand_worker.hotpath`): each is
         atomic alone, and a transaction around it would cost a ``BEGIN`` and a
-        ``COMMIT``, two round trips more than the statement's one. The caller
-        publishes its events after the statement.
+        ``COMMIT``, two round trips more than the statement's one.
         """
+        events: list[JobEventMessage] = []
         with autocommit_connection(self.engine) as conn:
-            yield conn
+            yield conn, events
+        self.events.publish(events)
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Session, list[JobEventMessage]]]:

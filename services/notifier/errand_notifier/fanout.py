@@ -68,6 +68,7 @@ class Fanout:
         """Start tracking an authenticated client."""
         eio_sid = transport.eio_sid_of(self._sio, sid)
         if eio_sid is not None:
+            transport.adopt(self._sio, eio_sid)
             self._clients[sid] = _Client(sid, eio_sid)
 
     def remove_client(self, sid: str) -> None:
@@ -187,7 +188,7 @@ class Fanout:
         if transport.queued_packets(sock) >= self._max_packets:
             await self._evict_slow(client)
             return 0
-        await transport.send_packet(sock, pkt)
+        transport.send_packet(sock, pkt)
         return 1
 
     async def _evict_slow(self, client: _Client) -> None:

@@ -9,6 +9,13 @@ python-socketio 5.18 and python-engineio 4.15):
 - That queue (``AsyncSocket.queue``) is the client's outgoing buffer. Its writer task
   blocks while the client's TCP window is full, so its length is how far behind the
   client is; the notifier bounds it.
+- The writer task waits in ``AsyncSocket.poll``, whose ``asyncio.wait_for`` starts a
+  task for every wait on Python 3.11: with the wake-ups it chains, a third of the
+  notifier's CPU in the admin fan-out. :func:`adopt` gives a session's socket the
+  same ``poll`` without that task (and, on a websocket, without a timer: the
+  websocket's reader already ends the session of a silent client), and :func:`send_packet` puts on
+  the queue directly (``AsyncSocket.send`` adds a coroutine, a ping-timeout check the
+  server's service task makes anyway, and a log call per packet).
 """
 
 import asyncio
@@ -17,7 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import socketio
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 
 #: The only namespace the notifier serves.
@@ -68,9 +77,49 @@ def queued_packets(sock: Any) -> int:
     return int(sock.queue.qsize())
 
 
-async def send_packet(sock: Any, pkt: eio_packet.Packet) -> None:
+def send_packet(sock: Any, pkt: eio_packet.Packet) -> None:
     """Queue one packet for a client (never waits for the network)."""
-    await sock.send(pkt)
+    sock.queue.put_nowait(pkt)
+
+
+class _Socket(AsyncSocket):  # type: ignore[misc]
+    """``AsyncSocket`` whose writer waits for packets without a task per wait."""
+
+    async def poll(self) -> list[eio_packet.Packet]:
+        """Wait for packets to send to the client (as ``AsyncSocket.poll`` does)."""
+        try:
+            if self.upgraded:
+                # The websocket's reader gives up on a silent client after the same
+                # timeout and then puts the None that ends this writer.
+                first = await self.queue.get()
+            else:
+                async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    first = await self.queue.get()
+            self.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is None:  # the end: leave it for the next poll, as the library does
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+
+def adopt(sio: socketio.AsyncServer, eio_sid: str) -> None:
+    """Give a session's Engine.IO socket the cheaper :meth:`_Socket.poll` (from its
+    writer's next wait on)."""
+    sock = sio.eio.sockets.get(eio_sid)
+    if type(sock) is AsyncSocket:
+        sock.__class__ = _Socket
 
 
 async def evict(sio: socketio.AsyncServer, eio_sid: str, last_words: eio_packet.Packet) -> None:

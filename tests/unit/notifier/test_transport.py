@@ -1,0 +1,77 @@
+"""The notifier's Engine.IO socket: the cheaper ``poll`` keeps the library's behaviour."""
+
+import asyncio
+
+import pytest
+import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+from errand_notifier import transport
+
+
+def _socket(*, upgraded: bool, wait_s: float = 0.05) -> tuple[socketio.AsyncServer, AsyncSocket]:
+    sio = socketio.AsyncServer(async_mode="asgi")
+    sio.eio.ping_interval = wait_s / 2
+    sio.eio.ping_timeout = wait_s / 2
+    sock = AsyncSocket(sio.eio, "eio-1")
+    sock.upgraded = upgraded
+    sio.eio.sockets["eio-1"] = sock
+    transport.adopt(sio, "eio-1")
+    return sio, sock
+
+
+def _message(text: str) -> eio_packet.Packet:
+    return eio_packet.Packet(eio_packet.MESSAGE, text)
+
+
+async def test_poll_returns_every_queued_packet_in_order_and_stops_at_the_end() -> None:
+    _, sock = _socket(upgraded=True)
+    assert type(sock).__name__ == "_Socket"
+    first, second = _message("a"), _message("b")
+    transport.send_packet(sock, first)
+    transport.send_packet(sock, second)
+    transport.send_packet(sock, None)  # type: ignore[arg-type]  # the library's end marker
+    assert await sock.poll() == [first, second]
+    # the end marker stays for the next poll, which tells the writer to stop
+    assert await sock.poll() == []
+
+
+async def test_an_upgraded_socket_waits_for_a_packet_without_a_timer() -> None:
+    _, sock = _socket(upgraded=True, wait_s=0.02)
+    waiting = asyncio.create_task(sock.poll())
+    await asyncio.sleep(0.1)  # five times the library's timeout: still waiting
+    assert not waiting.done()
+    pkt = _message("late")
+    transport.send_packet(sock, pkt)
+    assert await asyncio.wait_for(waiting, 5) == [pkt]
+
+
+async def test_a_cancelled_wait_ends_the_writer_as_the_library_does() -> None:
+    _, sock = _socket(upgraded=True)
+    waiting = asyncio.create_task(sock.poll())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await waiting
+
+
+async def test_a_polling_socket_still_gives_up_after_the_ping_timeout() -> None:
+    _, sock = _socket(upgraded=False, wait_s=0.05)
+    with pytest.raises(eio_exceptions.QueueEmpty):
+        await asyncio.wait_for(sock.poll(), 5)
+
+
+def test_adopt_leaves_unknown_sessions_and_other_socket_classes_alone() -> None:
+    sio, sock = _socket(upgraded=True)
+    transport.adopt(sio, "no-such-session")
+
+    class Custom(AsyncSocket):  # type: ignore[misc]
+        pass
+
+    other = Custom(sio.eio, "eio-2")
+    sio.eio.sockets["eio-2"] = other
+    transport.adopt(sio, "eio-2")
+    assert type(other) is Custom
+    assert type(sock).__name__ == "_Socket"

@@ -18,13 +18,13 @@ import socketio
 
 from errand_notifier import metrics, transport
 from errand_notifier.relay import Deliver, Relay
-from errand_notifier.rooms import job_id_of_room
-from errand_notifier.store import Store
+from errand_notifier.rooms import JOB_ROOM_PREFIX, job_id_of_room
+from errand_notifier.store import JobHead, Store
 
 logger = logging.getLogger(__name__)
 
-#: Jobs looked up per query.
-CHUNK = 500
+#: Held jobs compared with PostgreSQL per thread-pool call.
+SLICE = 500
 
 
 class CatchUp:
@@ -39,6 +39,8 @@ class CatchUp:
         self._max_replay = max_replay
         #: Highest seq delivered (or acked) per job with a local room.
         self.cursors: dict[uuid.UUID, int] = {}
+        #: The job of each local ``job:`` room, as parsed at the last sweep.
+        self._room_ids: dict[str, uuid.UUID] = {}
 
     def note(self, job_id: uuid.UUID, seq: int) -> None:
         """Record that ``seq`` of a job reached this replica's clients."""
@@ -46,32 +48,55 @@ class CatchUp:
             self.cursors[job_id] = seq
 
     async def run_once(self) -> int:
-        """Deliver what the held jobs miss; return how many events were read back."""
-        held = {j for r in transport.local_rooms(self._sio) if (j := job_id_of_room(r))}
+        """Deliver what the held jobs miss; return how many events were read back.
+
+        Note:
+            At thousands of held jobs this must not hold the event loop: the rooms'
+            job ids are parsed once per room (not once per sweep), and the jobs are
+            compared in slices of :data:`SLICE`, each in the thread pool, so events
+            flow between them.
+        """
+        held = self._held_jobs()
         for gone in self.cursors.keys() - held:
             del self.cursors[gone]
         ids = list(held)
         resent = 0
-        for start in range(0, len(ids), CHUNK):
-            heads = await anyio.to_thread.run_sync(
-                self._store.job_heads, ids[start : start + CHUNK]
-            )
+        for start in range(0, len(ids), SLICE):
+            # Jobs without a cursor yet are only looked up (-1: any seq), to start one.
+            known = {j: self.cursors.get(j, -1) for j in ids[start : start + SLICE]}
+            heads = await anyio.to_thread.run_sync(self._store.heads_after, known)
             for job_id, head in heads.items():
-                known = self.cursors.get(job_id)
-                if known is None or head.seq <= known:
-                    self.cursors.setdefault(job_id, head.seq)
-                    continue
-                events = await anyio.to_thread.run_sync(
-                    self._store.events_after, job_id, head.owner_id, known, self._max_replay
-                )
-                for event in events:
-                    await self._deliver(event)
-                    self.note(job_id, event.seq)
-                resent += len(events)
+                resent += await self._fill(job_id, head)
         if resent:
             metrics.RESYNCED_EVENTS.inc(resent)
             logger.info("read back %d events the stream missed", resent)
         return resent
+
+    def _held_jobs(self) -> set[uuid.UUID]:
+        """Return the jobs with a local room (room names parsed once each)."""
+        parsed: dict[str, uuid.UUID] = {}
+        for room in transport.local_rooms(self._sio):
+            if not room.startswith(JOB_ROOM_PREFIX):
+                continue
+            job_id = self._room_ids.get(room) or job_id_of_room(room)
+            if job_id is not None:
+                parsed[room] = job_id
+        self._room_ids = parsed
+        return set(parsed.values())
+
+    async def _fill(self, job_id: uuid.UUID, head: JobHead) -> int:
+        """Deliver the events of one job after its cursor; return how many."""
+        known = self.cursors.get(job_id)
+        if known is None or head.seq <= known:
+            self.cursors.setdefault(job_id, head.seq)
+            return 0
+        events = await anyio.to_thread.run_sync(
+            self._store.events_after, job_id, head.owner_id, known, self._max_replay
+        )
+        for event in events:
+            await self._deliver(event)
+            self.note(job_id, event.seq)
+        return len(events)
 
     async def run(self, relay: Relay, interval_s: float, sweep_s: float) -> None:
         """Catch up while ``relay``'s stream is down, after it recovers, and every

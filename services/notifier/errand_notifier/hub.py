@@ -12,6 +12,7 @@ from errand_notifier.batching import SummaryBatcher
 from errand_notifier.catchup import CatchUp
 from errand_notifier.fanout import Fanout
 from errand_notifier.feeds import Feeds
+from errand_notifier.heap import HeapKeeper
 from errand_notifier.lanes import LanePolicy
 from errand_notifier.rooms import ADMIN_ROOM, job_room, user_room
 from errand_notifier.settings import NotifierSettings
@@ -43,6 +44,7 @@ class Hub:
         self.summaries = Summaries(
             sio, self.fanout, store, SummaryBatcher(settings.summary_window_s)
         )
+        self.heap = HeapKeeper(settings.gc_full_every_s)
         #: True once shutdown began: new connections are refused, /readyz is 503.
         self.draining = False
 

@@ -52,6 +52,13 @@ SUMMARIES_SENT = Counter(
     "failure or cancellation",
     ["kind"],
 )
+GC_PAUSE_SECONDS = Histogram(
+    "errand_notifier_gc_pause_seconds",
+    "Garbage collection steps of the notifier's heap keeper (step: objects newer than "
+    "the last step; full: every object, after clients left)",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 STREAM_UP = Gauge("errand_event_stream_up", "1 while the Redis event stream is readable")
 
 

@@ -140,6 +140,7 @@ class JobsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if timer is not None:
             timer.cancel()
         self.hub.fanout.remove_client(sid)
+        self.hub.heap.client_left()
         metrics.CONNECTIONS.dec()
 
     async def _expire(self, sid: str) -> None:

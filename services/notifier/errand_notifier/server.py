@@ -69,6 +69,8 @@ async def run_relay(
         "errand-user-feed": hub.feeds.run_users(),
         "errand-summaries": hub.summaries.run(),
     }
+    if settings.gc_freeze_interval_s:
+        loops["errand-heap"] = hub.heap.run(settings.gc_freeze_interval_s, hub.fanout.client_count)
     tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
     try:
         await asyncio.wait_for(relay.ready.wait(), timeout=10)

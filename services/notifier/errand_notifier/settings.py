@@ -60,6 +60,14 @@ class NotifierSettings(CommonSettings):
     #: many seconds (spread, so the other replicas are not hit all at once).
     shutdown_drain_s: float = Field(default=2.0, ge=0)
 
+    #: Every this many seconds the notifier collects garbage and freezes the survivors
+    #: (``gc.freeze``), so that CPython's full collections do not walk every connected
+    #: client's objects while events wait (0: leave the collector to CPython).
+    gc_freeze_interval_s: float = Field(default=0.5, ge=0)
+    #: Frozen objects get a full collection at least this often (seconds), and whenever
+    #: a quarter of the clients have left since the last one.
+    gc_full_every_s: float = Field(default=900.0, gt=0)
+
     _split = field_validator("cors_origins", mode="before")(split_commas)
 
 

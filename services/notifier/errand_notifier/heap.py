@@ -1,11 +1,11 @@
 """Keeps CPython's full garbage collections off the delivery path.
 
 A full (generation 2) collection walks every object the collector tracks, and stops
-everything while it does. A connected client costs the notifier about 200 such objects
+everything while it does. A connected client costs the notifier about 160 such objects
 (its uvicorn protocol, Engine.IO socket, tasks, coroutines, queues), which live as long
 as the connection; CPython starts a full collection whenever the objects that survived
 into the oldest generation grew by a quarter, so while clients connect it walks them all
-again and again: 340 ms at 2,000 clients, about a second at 5,000 (measured with a
+again and again: 280-400 ms at 2,000 clients, 660 ms at 5,000 (measured with a
 ``gc.callbacks`` timer; ``bench/README.md``), and every event waits for it.
 
 :class:`HeapKeeper` collects and then freezes (``gc.freeze``) what survived, every
@@ -75,7 +75,7 @@ class HeapKeeper:
                 await asyncio.sleep(interval_s)
                 try:
                     if self.step(clients()) == "full":
-                        logger.debug("full garbage collection after %d clients left", self._left)
+                        logger.debug("full garbage collection (clients left, or its period)")
                 except Exception:  # a process boundary: the collector still runs on its own
                     logger.exception("the garbage collection step failed")
         finally:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import dramatiq
+from anyio.to_thread import current_default_thread_limiter
 from fastapi import FastAPI, Request
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -103,6 +104,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes and dependencies run on AnyIO's thread pool of this event loop.
+        current_default_thread_limiter().total_tokens = settings.request_threads
         if settings.bootstrap_admin_key is not None:
             with Session(engine) as session:
                 ensure_bootstrap_admin(session, settings.bootstrap_admin_key.get_secret_value())

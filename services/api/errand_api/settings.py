@@ -2,6 +2,8 @@
 
 from functools import lru_cache
 
+from pydantic import Field
+
 from errand_schema.settings import CommonSettings
 
 
@@ -16,6 +18,11 @@ class ApiSettings(CommonSettings):
     job_type_cache_s: float = 5.0
     #: Database connections per API process.
     db_pool_size: int = 20
+    #: Blocking request handlers (database, broker, Redis) run at once on the process's
+    #: threads; the rest wait on the event loop. Measured on 2 cores (bench/README.md):
+    #: 8-16 threads accepted ~40% more jobs per second than AnyIO's default of 40, whose
+    #: threads mostly queue for the GIL. Keep it below ``db_pool_size``.
+    request_threads: int = Field(default=16, ge=1)
     #: Job submissions per second per user (token bucket); users may have their own.
     rate_limit_per_s: float = 50.0
     #: Submissions a user may make in one burst.

@@ -4,6 +4,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
+from anyio.to_thread import current_default_thread_limiter
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
@@ -187,3 +188,15 @@ def test_sensitive_payload_fields_are_masked_outside_the_owners_own_read(
         headers={"Authorization": f"Bearer {other}"},
     ).json()["id"]
     assert api_client.get(f"/v1/jobs/{theirs}").json()["payload"] == masked
+
+
+def test_blocking_handlers_share_the_configured_number_of_threads(
+    api_client: TestClient, dev_system: DevSystem
+) -> None:
+    # The API's lifespan sized the event loop's thread pool from ERRAND_REQUEST_THREADS
+    # (its sync routes and dependencies run there).
+    configured = dev_system.api.state.services.settings.request_threads
+    assert configured == 16
+    portal = api_client.portal
+    assert portal is not None
+    assert portal.call(lambda: current_default_thread_limiter().total_tokens) == configured

@@ -16,12 +16,15 @@ No history for a type means no estimate (``None``), not a guess.
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, func, select
 
+from errand_schema.db import Precompiled
 from errand_schema.models import Job, JobAttempt, utcnow
 from errand_schema.states import JobStatus
 
@@ -31,6 +34,11 @@ HISTORY = 200
 CACHE_S = 5.0
 #: Seconds a worker's capacity announcement lives without a refresh.
 CAPACITY_TTL_S = 30
+#: How long a queue's count of the work ahead is reused for the jobs just submitted.
+AHEAD_CACHE_S = 1.0
+
+#: ``(type, status, progress, count)`` of a queue's queued and running jobs.
+AheadRows = list[tuple[str, str, int, int]]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,31 @@ def announce_capacity(
     pipe.execute()
 
 
+#: The recent completed attempts of a type (driver cursor: read on every estimate of a
+#: type without history yet, so on every submission of one).
+_HISTORY = Precompiled(
+    select(col(JobAttempt.step_index), col(JobAttempt.duration_ms))
+    .join(Job, col(Job.id) == col(JobAttempt.job_id))
+    .where(
+        col(Job.type) == bindparam("job_type"),
+        col(JobAttempt.outcome) == "completed",
+        col(JobAttempt.duration_ms).is_not(None),
+    )
+    .order_by(col(JobAttempt.id).desc())
+    .limit(HISTORY)
+)
+#: A queue's queued and running jobs by type, status and progress.
+_QUEUE_COUNT = Precompiled(
+    select(col(Job.type), col(Job.status), col(Job.progress), func.count())
+    .where(
+        col(Job.queue) == bindparam("queue"),
+        # Not IN (...): its expanding parameter would need SQLAlchemy's own execution.
+        (col(Job.status) == JobStatus.QUEUED.value) | (col(Job.status) == JobStatus.RUNNING.value),
+    )
+    .group_by(col(Job.type), col(Job.status), col(Job.progress))
+)
+
+
 class Estimator:
     """Estimates for jobs, with the learned durations cached per process."""
 
@@ -66,6 +99,7 @@ class Estimator:
         self._lock = threading.Lock()
         self._durations: dict[str, tuple[float, dict[int, float]]] = {}
         self._capacity: dict[str, tuple[float, int]] = {}
+        self._ahead: dict[str, _AheadCount] = {}
 
     def step_durations(
         self, session: Session, job_type: str, *, steps: int = 0
@@ -80,17 +114,7 @@ class Estimator:
             and all(i in cached[1] for i in range(steps))
         ):
             return cached[1]
-        rows = session.exec(
-            select(JobAttempt.step_index, JobAttempt.duration_ms)
-            .join(Job, col(Job.id) == col(JobAttempt.job_id))
-            .where(
-                col(Job.type) == job_type,
-                col(JobAttempt.outcome) == "completed",
-                col(JobAttempt.duration_ms).is_not(None),
-            )
-            .order_by(col(JobAttempt.id).desc())
-            .limit(HISTORY)
-        ).all()
+        rows = _HISTORY.all(session.connection(), {"job_type": job_type})
         by_step: dict[int, list[float]] = {}
         for index, ms in rows:
             by_step.setdefault(index, []).append(float(ms or 0) / 1000)
@@ -119,9 +143,20 @@ class Estimator:
         return value
 
     def estimate(
-        self, session: Session, job: Job, owner_cap: int = 0, step_count: int = 0
+        self,
+        session: Session,
+        job: Job,
+        owner_cap: int = 0,
+        step_count: int = 0,
+        *,
+        newest: bool = False,
     ) -> Estimate:
-        """Estimate ``job`` (any status; finished jobs get ``None`` times)."""
+        """Estimate ``job`` (any status; finished jobs get ``None`` times).
+
+        ``newest``: the job was just submitted, so every queued job of its queue is
+        ahead of it; the queue's count is then shared by the submissions of the next
+        :data:`AHEAD_CACHE_S` (one grouped read per queue and second, not per request).
+        """
         wanted = max(step_count, job.step_index + 1)
         durations = self.step_durations(session, job.type, steps=wanted)
         total_steps = max(len(durations), wanted)
@@ -135,7 +170,7 @@ class Estimator:
         left = self._remaining(job, steps, now)
         if status is JobStatus.RUNNING and job.lease_owner is not None:
             return Estimate(job.started_at, now + timedelta(seconds=left), steps)
-        wait = self._wait_ahead(session, job, now, owner_cap)
+        wait = self._wait_ahead(session, job, owner_cap, newest=newest)
         if status is JobStatus.RETRYING and job.run_at is not None:
             wait = max(wait, (job.run_at - now).total_seconds())
         start = now + timedelta(seconds=wait)
@@ -150,18 +185,9 @@ class Estimator:
             current = max(current * 0.1, current * (1 - progress))
         return current + rest
 
-    def _wait_ahead(self, session: Session, job: Job, now: datetime, owner_cap: int) -> float:
+    def _wait_ahead(self, session: Session, job: Job, owner_cap: int, *, newest: bool) -> float:
         """Seconds until a thread of the job's queue is free for it."""
-        ahead = session.exec(
-            select(Job.type, Job.status, Job.progress, func.count())
-            .where(
-                col(Job.queue) == job.queue,
-                col(Job.id) != job.id,
-                col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-                (col(Job.status) == JobStatus.RUNNING) | (col(Job.created_at) <= job.created_at),
-            )
-            .group_by(col(Job.type), col(Job.status), col(Job.progress))
-        ).all()
+        ahead = self._newest_ahead(session, job) if newest else self._ahead_of(session, job)
         work = 0.0
         running = queued = 0
         for job_type, status, progress, count in ahead:
@@ -178,3 +204,56 @@ class Estimator:
         if queued < slots - running:
             return 0.0  # a thread is free for it now
         return work / slots
+
+    def _ahead_of(self, session: Session, job: Job) -> AheadRows:
+        """The running jobs of ``job``'s queue, and the queued ones older than it."""
+        rows = session.exec(
+            select(Job.type, Job.status, Job.progress, func.count())
+            .where(
+                col(Job.queue) == job.queue,
+                col(Job.id) != job.id,
+                col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                (col(Job.status) == JobStatus.RUNNING) | (col(Job.created_at) <= job.created_at),
+            )
+            .group_by(col(Job.type), col(Job.status), col(Job.progress))
+        ).all()
+        return [(t, s, p, n) for t, s, p, n in rows]
+
+    def _newest_ahead(self, session: Session, job: Job) -> AheadRows:
+        """Every queued and running job of ``job``'s queue but itself (it is the newest).
+
+        From a grouped count at most :data:`AHEAD_CACHE_S` old, plus the jobs this process
+        submitted to the queue since (those of other API processes show at the next
+        count).
+        """
+        now = time.monotonic()
+        with self._lock:
+            known = self._ahead.get(job.queue)
+            if known is not None and now - known.at < AHEAD_CACHE_S:
+                # Counted before this job was written: add this process's submissions
+                # since, then this job for the next one.
+                rows = [
+                    *known.rows,
+                    *((t, JobStatus.QUEUED.value, 0, n) for t, n in known.since.items()),
+                ]
+                known.since[job.type] += 1
+                return rows
+        counted: AheadRows = [
+            (t, s, p, n)
+            for t, s, p, n in _QUEUE_COUNT.all(session.connection(), {"queue": job.queue})
+        ]
+        # Counted after this job was written: it is in there, and stays for the next one.
+        with self._lock:
+            self._ahead[job.queue] = _AheadCount(time.monotonic(), counted, Counter())
+        mine = (job.type, JobStatus(job.status).value, job.progress)
+        return [(t, s, p, n - 1 if (t, s, p) == mine else n) for t, s, p, n in counted]
+
+
+@dataclass
+class _AheadCount:
+    """A queue's queued and running jobs as counted at ``at`` (monotonic seconds), and
+    the jobs of each type this process submitted to it since."""
+
+    at: float
+    rows: AheadRows
+    since: Counter[str] = field(default_factory=Counter)

@@ -38,6 +38,14 @@ class RunningSystem:
         return key
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def either_engine(request: pytest.FixtureRequest) -> Engine:
+    """This run's PostgreSQL database, then a migrated SQLite file: one test, both."""
+    name = "db_engine" if request.param == "postgresql" else "sqlite_engine"
+    found: Engine = request.getfixturevalue(name)
+    return found
+
+
 @pytest.fixture(scope="session")
 def db_engine(infra: Infra) -> Iterator[Engine]:
     """An engine on this run's database."""

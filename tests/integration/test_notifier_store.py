@@ -15,11 +15,9 @@ from errand_schema.models import Job
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    name = "db_engine" if request.param == "postgresql" else "sqlite_engine"
-    found: Engine = request.getfixturevalue(name)
-    return found
+@pytest.fixture
+def engine(either_engine: Engine) -> Engine:
+    return either_engine
 
 
 def _jobs(engine: Engine, seqs: list[int]) -> tuple[uuid.UUID, list[uuid.UUID]]:

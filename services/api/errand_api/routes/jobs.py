@@ -13,12 +13,13 @@ from errand_api import metrics
 from errand_api.admission import admit, publish_admitted, settle
 from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, JobNotFound, RateLimited
+from errand_api.hotpath import write_submission
 from errand_api.idempotency import find_job_for_key, remember_key, request_hash
 from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import check_job, create_job
 from errand_schema.auth import Principal
-from errand_schema.flow import admit_new, message_for, user_cap
+from errand_schema.flow import admissible_at_once, admit_new, message_for, user_cap
 from errand_schema.models import Job, User
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
@@ -69,8 +70,14 @@ def submit_job(
     created = create_job(session, services.catalog, principal, body, services.rules)
     job = created.job
     cap = services.settings.max_in_flight_per_user
-    # Admitted as it is written when nothing can hold it back (no cap, no pause).
-    at_once = created.new and admit_new(session, job, cap)
+    # Admitted as it is written when nothing can hold it back (no cap, no pause): in
+    # the one statement of the plain case, else decided here and flushed by the ORM.
+    written = None
+    if created.new and not idempotency_key:
+        written = write_submission(session, created, admit=admissible_at_once(session, job, cap))
+    if written is None:
+        written = created.new and admit_new(session, job, cap)
+    at_once = written
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
     try:
@@ -103,7 +110,7 @@ def submit_job(
     settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) %s", job.id, job.type, job.status)
-    view = estimated(services, session, job, job_public(job, created.steps))
+    view = estimated(services, session, job, job_public(job, created.steps), newest=True)
     # Hand the connection back now: FastAPI closes the session in the dependency's
     # teardown, which runs one request at a time (a broker outage queued requests there
     # until the pool ran dry and un-admissions failed).
@@ -202,10 +209,15 @@ def get_job(
     return estimated(services, session, job, found[1])
 
 
-def estimated(services: Services, session: Session, job: Job, view: JobPublic) -> JobPublic:
-    """``view`` with its start and finish estimates (queued and running jobs)."""
+def estimated(
+    services: Services, session: Session, job: Job, view: JobPublic, *, newest: bool = False
+) -> JobPublic:
+    """``view`` with its start and finish estimates (queued and running jobs);
+    ``newest``: ``job`` was just submitted (see :meth:`Estimator.estimate`)."""
     cap = user_cap(session, job.owner_id, services.settings.max_in_flight_per_user)
-    estimate = services.estimator.estimate(session, job, cap, step_count=len(view.steps))
+    estimate = services.estimator.estimate(
+        session, job, cap, step_count=len(view.steps), newest=newest
+    )
     return with_estimate(view, estimate)
 
 

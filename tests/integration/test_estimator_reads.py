@@ -1,0 +1,95 @@
+"""The estimator's reads, alike on PostgreSQL (driver cursor) and SQLite: a type's
+history, and the count of a queue that the submissions of the next second share."""
+
+import uuid
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from errand_schema import estimates
+from errand_schema.auth import create_user
+from errand_schema.estimates import Estimator
+from errand_schema.models import Job, JobAttempt
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(either_engine: Engine) -> Engine:
+    return either_engine
+
+
+def _queue(engine: Engine, job_type: str, queued: int) -> tuple[uuid.UUID, str]:
+    """A user, a queue of its own holding ``queued`` jobs of ``job_type``, and a history
+    of 2 s per step for the type (one step)."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    with Session(engine) as session:
+        user, _ = create_user(session, f"est-{uuid.uuid4().hex[:8]}")
+        done = Job(type=job_type, owner_id=user.id, status="completed", queue=queue)
+        session.add(done)
+        session.flush()
+        session.add(
+            JobAttempt(
+                job_id=done.id,
+                step_index=0,
+                attempt=1,
+                worker="w",
+                outcome="completed",
+                duration_ms=2000.0,
+            )
+        )
+        session.add_all(
+            Job(type=job_type, owner_id=user.id, status="queued", queue=queue)
+            for _ in range(queued)
+        )
+        session.commit()
+        return user.id, queue
+
+
+def _submit(engine: Engine, owner: uuid.UUID, job_type: str, queue: str) -> Job:
+    with Session(engine, expire_on_commit=False) as session:
+        job = Job(type=job_type, owner_id=owner, status="queued", queue=queue)
+        session.add(job)
+        session.commit()
+        return job
+
+
+def _wait_s(estimator: Estimator, engine: Engine, job: Job, *, newest: bool) -> float:
+    with Session(engine) as session:
+        estimate = estimator.estimate(session, job, step_count=1, newest=newest)
+    assert estimate.start_at is not None
+    return (estimate.start_at - job.created_at).total_seconds()
+
+
+def test_history_is_read_and_the_newest_job_waits_behind_the_whole_queue(
+    engine: Engine,
+) -> None:
+    job_type = f"est.{uuid.uuid4().hex[:6]}"
+    owner, queue = _queue(engine, job_type, queued=3)
+    estimator = Estimator()  # no Redis: one thread serves the queue
+    with Session(engine) as session:
+        assert estimator.step_durations(session, job_type, steps=1) == {0: 2.0}
+    first = _submit(engine, owner, job_type, queue)
+    # Three queued jobs of 2 s ahead of it on one thread (the count is taken after the
+    # job was written: it does not wait behind itself).
+    assert _wait_s(estimator, engine, first, newest=True) == pytest.approx(6.0, abs=0.5)
+    # The next submission within the second shares that count, plus the one before it.
+    second = _submit(engine, owner, job_type, queue)
+    assert _wait_s(estimator, engine, second, newest=True) == pytest.approx(8.0, abs=0.5)
+    # Read exactly (not the newest), a job waits behind the queued jobs older than it.
+    assert _wait_s(estimator, engine, first, newest=False) == pytest.approx(6.0, abs=0.5)
+
+
+def test_the_shared_count_is_taken_again_once_it_is_old(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(estimates, "AHEAD_CACHE_S", 0.0)
+    job_type = f"est.{uuid.uuid4().hex[:6]}"
+    owner, queue = _queue(engine, job_type, queued=1)
+    estimator = Estimator()
+    first = _submit(engine, owner, job_type, queue)
+    assert _wait_s(estimator, engine, first, newest=True) == pytest.approx(2.0, abs=0.5)
+    second = _submit(engine, owner, job_type, queue)
+    # Counted again: the queued job and the first one are ahead, not a tally.
+    assert _wait_s(estimator, engine, second, newest=True) == pytest.approx(4.0, abs=0.5)

@@ -108,21 +108,28 @@ def paused(session: Session | Connection) -> tuple[set[str], set[str]]:
     )
 
 
+def admissible_at_once(session: Session, job: Job, default_cap: int) -> bool:
+    """Whether a job being submitted is admitted as it is written, its queue and type
+    not being paused: it is ``queued`` (not scheduled, blocked or held) and its user has
+    no in-flight cap."""
+    if job.status != JobStatus.QUEUED or job.held_at is not None or job.published_at:
+        return False
+    with session.no_autoflush:
+        return user_cap(session, job.owner_id, default_cap) <= 0
+
+
 def admit_new(session: Session, job: Job, default_cap: int, now: datetime | None = None) -> bool:
     """Admit a job being submitted, before its row is written, when nothing can hold it
-    back: its user has no in-flight cap, it is ``queued`` (not scheduled, blocked or
-    held) and neither its queue nor its type is paused.
+    back: :func:`admissible_at_once`, and neither its queue nor its type is paused.
 
     The usual submission of an uncapped user so skips :func:`admit`'s read of the row
     (``FOR UPDATE``) and its second write; every other case goes through :func:`admit`.
     """
-    if job.status != JobStatus.QUEUED or job.held_at is not None or job.published_at:
+    if not admissible_at_once(session, job, default_cap):
         return False
     # No autoflush: the job's INSERT is to carry ``published_at``, not be followed by
     # an UPDATE of it.
     with session.no_autoflush:
-        if user_cap(session, job.owner_id, default_cap) > 0:
-            return False
         queues, types = paused(session)
     if job.queue in queues or job.type in types:
         return False

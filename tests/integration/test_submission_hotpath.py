@@ -61,8 +61,21 @@ def _rows(engine: Engine, job_id: str) -> dict[str, Any]:
         events = conn.execute(
             text("SELECT * FROM job_events WHERE job_id = :i ORDER BY seq"), {"i": job_id}
         ).mappings()
+        # JSON columns: SQL NULL and JSON null read alike, so say which one it is.
+        nulls = conn.execute(
+            text(
+                "SELECT result IS NULL, error IS NULL, retry IS NULL, trace_context IS NULL,"
+                " labels IS NULL, payload IS NULL FROM jobs WHERE id = :i"
+            ),
+            {"i": job_id},
+        ).one()
+        step_nulls = conn.execute(
+            text("SELECT output IS NULL, error IS NULL FROM job_steps WHERE job_id = :i"),
+            {"i": job_id},
+        ).all()
         own = {"id", "job_id", "created_at", "updated_at", "published_at", "at", "trace_id"}
         return {
+            "sql_nulls": (tuple(nulls), [tuple(n) for n in step_nulls]),
             "job": {k: v for k, v in job.items() if k not in own},
             "published": job["published_at"] is not None,
             "steps": [{k: v for k, v in s.items() if k not in own} for s in steps],

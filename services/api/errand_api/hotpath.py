@@ -4,8 +4,9 @@ Profiling ``POST /v1/jobs`` showed a fifth of the API's Python in the ORM's flus
 the new job, its steps and its first event (the unit of work, identity-map and
 per-row bookkeeping of three ``INSERT``s), and another twentieth in the read of the
 paused queues that decides whether the job is sent at once. On PostgreSQL the same
-rows go in here as one statement built once (data-modifying CTEs, run on the driver's
-cursor by :class:`~errand_schema.db.Precompiled`), and the pause check rides along:
+rows go in here as one statement built once (data-modifying CTEs, the job's row as
+one JSON parameter, run on the driver's cursor by
+:class:`~errand_schema.db.Precompiled`), and the pause check rides along:
 ``published_at`` is set in the row unless the job's queue or type is paused.
 
 Only the plain case comes here: the session holds nothing pending but the job, its
@@ -14,40 +15,24 @@ anything else). Everything else, and SQLite, takes the ORM's flush, which writes
 same rows.
 """
 
-from datetime import datetime
+import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    ARRAY,
-    Float,
-    Integer,
-    String,
-    Table,
-    and_,
-    bindparam,
-    case,
-    exists,
-    func,
-    insert,
-    literal,
-    null,
-    or_,
-    select,
-)
+from sqlalchemy import ARRAY, Boolean, Float, Integer, String, Table, bindparam, text
+from sqlalchemy.types import JSON
 from sqlmodel import Session
 
 from errand_api.submission import Created
 from errand_schema.db import Precompiled
-from errand_schema.models import Job, JobEvent, JobStep, Pause, utcnow
+from errand_schema.models import Job, JobEvent, JobStep, UtcDateTime, utcnow
 from errand_schema.states import StepStatus
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
 _STEPS: Table = JobStep.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = JobEvent.__table__  # type: ignore[attr-defined]
-_PAUSES: Table = Pause.__table__  # type: ignore[attr-defined]
 
-#: The job's columns written from the object (``published_at`` is decided in SQL).
-_JOB_COLUMNS = [c for c in _JOBS.c if c.name != "published_at"]
 #: The event's columns written from the object (``id`` is the database's).
 _EVENT_COLUMNS = [c for c in _EVENTS.c if c.name != "id"]
 #: What a new step holds besides its index, name and timeout (checked before writing).
@@ -62,69 +47,68 @@ _NEW_STEP = {
 }
 
 
-def _statement() -> Any:
-    paused = exists().where(
-        or_(
-            and_(_PAUSES.c.kind == "queue", _PAUSES.c.name == bindparam("j_queue")),
-            and_(_PAUSES.c.kind == "job_type", _PAUSES.c.name == bindparam("j_type")),
+def _job_value(column: Any) -> str:
+    """The SELECT expression of one job column, from the JSON record ``r``."""
+    if column.name == "published_at":
+        # Admitted as it is written unless its queue or type is paused.
+        return (
+            "CASE WHEN :admit AND NOT EXISTS (SELECT 1 FROM pauses AS p WHERE"
+            " (p.kind = 'queue' AND p.name = r.queue)"
+            " OR (p.kind = 'job_type' AND p.name = r.type)) THEN :now END"
         )
-    )
-    published = case(
-        (
-            and_(bindparam("admit", type_=Integer) == 1, ~paused),
-            bindparam("now", type_=_JOBS.c.published_at.type),
-        ),
-        else_=null(),
-    )
-    job = (
-        insert(_JOBS)
-        .from_select(
-            [*(c.name for c in _JOB_COLUMNS), "published_at"],
-            select(
-                *(bindparam(f"j_{c.name}", type_=c.type) for c in _JOB_COLUMNS),
-                published,
-            ),
-        )
-        .returning(_JOBS.c.published_at)
-        .cte("job")
-    )
-    steps = select(
-        func.unnest(bindparam("s_index", type_=ARRAY(Integer))).label("index"),
-        func.unnest(bindparam("s_name", type_=ARRAY(String))).label("name"),
-        func.unnest(bindparam("s_timeout", type_=ARRAY(Float))).label("timeout_s"),
-    ).subquery("new_steps")
-    step_rows = (
-        insert(_STEPS)
-        .from_select(
-            ["job_id", "index", "name", "timeout_s", *_NEW_STEP],
-            select(
-                bindparam("j_id", type_=_JOBS.c.id.type),
-                steps.c.index,
-                steps.c.name,
-                steps.c.timeout_s,
-                literal(_NEW_STEP["status"]),
-                literal(0),
-                literal(0),
-                null(),
-                null(),
-                null(),
-                null(),
-            ),
-        )
-        .cte("steps")
-    )
-    event = (
-        insert(_EVENTS)
-        .from_select(
-            [c.name for c in _EVENT_COLUMNS],
-            select(*(bindparam(f"e_{c.name}", type_=c.type) for c in _EVENT_COLUMNS)),
-        )
-        .cte("event")
-    )
-    return select(job.c.published_at).add_cte(step_rows, event)
+    if isinstance(column.type, JSON):
+        # The ORM writes None as JSON null, which the record reads as SQL NULL.
+        return f"COALESCE(r.{column.name}, 'null'::jsonb)"
+    return f"r.{column.name}"
 
 
-_WRITE = Precompiled(_statement())
+#: The job as one JSON parameter (psycopg caches its parse of a statement of at most 50
+#: parameters, and the job alone has more columns), its steps as three arrays, its
+#: event's columns one by one. Built from the tables' own column lists (no input).
+_SQL = f"""
+WITH job AS (
+    INSERT INTO jobs ({", ".join(c.name for c in _JOBS.c)})
+    SELECT {", ".join(_job_value(c) for c in _JOBS.c)}
+    FROM jsonb_populate_record(NULL::jobs, CAST(:job AS jsonb)) AS r
+    RETURNING id, published_at
+), steps AS (
+    INSERT INTO job_steps (job_id, index, name, timeout_s, {", ".join(_NEW_STEP)})
+    SELECT job.id, s.index, s.name, s.timeout_s, :s_status, 0, 0, 'null'::jsonb, 'null'::jsonb,
+        NULL, NULL
+    FROM job, unnest(:s_index, :s_name, :s_timeout) AS s (index, name, timeout_s)
+), event AS (
+    INSERT INTO job_events ({", ".join(c.name for c in _EVENT_COLUMNS)})
+    SELECT {", ".join(f":e_{c.name}" for c in _EVENT_COLUMNS)} FROM job
+)
+SELECT published_at FROM job
+"""  # noqa: S608
+_WRITE = Precompiled(
+    text(_SQL).bindparams(
+        bindparam("job", type_=String),
+        bindparam("admit", type_=Boolean),
+        bindparam("now", type_=UtcDateTime()),
+        bindparam("s_status", type_=String),
+        bindparam("s_index", type_=ARRAY(Integer)),
+        bindparam("s_name", type_=ARRAY(String)),
+        bindparam("s_timeout", type_=ARRAY(Float)),
+        *(bindparam(f"e_{c.name}", type_=c.type) for c in _EVENT_COLUMNS),
+    )
+)
+
+
+def _record(job: Job) -> str:
+    """The job's columns as the JSON object ``jsonb_populate_record`` reads."""
+    row: dict[str, Any] = {}
+    for column in _JOBS.c:
+        value = getattr(job, column.name)
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("naive datetime; use an aware UTC datetime")
+            value = value.astimezone(UTC).isoformat()
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        row[column.name] = value
+    return json.dumps(row, separators=(",", ":"))
 
 
 def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
@@ -148,12 +132,12 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
         or any(getattr(s, k) != v for s in steps for k, v in _NEW_STEP.items())
     ):
         return None
-    now = utcnow()
-    params: dict[str, Any] = {f"j_{c.name}": getattr(job, c.name) for c in _JOB_COLUMNS}
-    params |= {f"e_{c.name}": getattr(events[0], c.name) for c in _EVENT_COLUMNS}
+    params: dict[str, Any] = {f"e_{c.name}": getattr(events[0], c.name) for c in _EVENT_COLUMNS}
     params |= {
-        "admit": int(admit),
-        "now": now,
+        "job": _record(job),
+        "admit": admit,
+        "now": utcnow(),
+        "s_status": _NEW_STEP["status"],
         "s_index": [s.index for s in steps],
         "s_name": [s.name for s in steps],
         "s_timeout": [s.timeout_s for s in steps],

@@ -117,7 +117,8 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
     written (``admit`` and neither its queue nor its type paused).
 
     Returns None, leaving everything to the session's flush, when this is not the plain
-    case (see the module's docstring) or the database is not PostgreSQL.
+    case (see the module's docstring) or the database is not PostgreSQL. When the
+    session had no transaction open, the statement commits by itself.
     """
     job, steps = created.job, created.steps
     if session.get_bind().dialect.name != "postgresql" or session.dirty or session.deleted:
@@ -142,9 +143,15 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
         "s_name": [s.name for s in steps],
         "s_timeout": [s.timeout_s for s in steps],
     }
-    row = _WRITE.first(session.connection(), params)
+    # The statement alone is the transaction (as the worker's claims and completions):
+    # no COMMIT round trip. Inside a transaction already begun, it stays part of it.
+    alone = not session.in_transaction()
+    options = {"isolation_level": "AUTOCOMMIT"} if alone else None
+    row = _WRITE.first(session.connection(execution_options=options), params)
     for obj in pending:
         session.expunge(obj)
+    if alone:
+        session.commit()  # nothing left to commit: the connection goes back to the pool
     published: datetime | None = row.published_at if row is not None else None
     job.published_at = published
     return published is not None

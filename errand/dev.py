@@ -101,16 +101,17 @@ def build_dev_system(
         **common, worker_name="dev", job_modules=job_modules or [], **options
     )
     runtime = setup_worker(worker_settings, broker, engine, redis, span_exporter=span_exporter)
+    async_redis = fakeredis.FakeAsyncRedis(server=server)
     api = create_api(
         ApiSettings(**common),
         engine=engine,
         broker=broker,
         redis=redis,
+        async_redis=async_redis,
         span_exporter=span_exporter,
     )
     notifier_settings = NotifierSettings(**common)
     sio = create_server(notifier_settings, engine)
-    async_redis = fakeredis.FakeAsyncRedis(server=server)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

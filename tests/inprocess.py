@@ -31,6 +31,11 @@ def cap_admin(system: DevSystem, max_in_flight: int) -> None:
         admin.max_in_flight = max_in_flight
         s.add(admin)
         s.commit()
+    # A change made in SQL, not through the API: the API's cached caller would hold the
+    # old cap for ERRAND_AUTH_CACHE_S.
+    cache = system.api.state.services.auth_cache
+    if cache is not None:
+        cache.clear()
 
 
 def submit(

@@ -9,18 +9,21 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
+from errand_api.authcache import AuthCache
 from errand_api.catalog import Catalog
 from errand_api.errors import Forbidden, Unauthorized
 from errand_api.publisher import Publisher
 from errand_api.ratelimit import TokenBucket
 from errand_api.settings import ApiSettings
 from errand_api.submission import SubmissionRules
-from errand_schema.auth import Principal
+from errand_schema.auth import CALLER_KEY, Principal
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier, authenticate_token
+from errand_schema.models import User
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Services:
     redis: Any = None
     #: Start and finish estimates of queued and running jobs.
     estimator: Estimator = field(default_factory=Estimator)
+    #: API keys authenticated a moment ago (None: every request reads the database).
+    auth_cache: AuthCache | None = None
 
 
 class RedisPing:
@@ -88,27 +93,60 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An Errand API key.")
 
 
-def get_principal(
+async def get_principal(
     session: SessionDep,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Return the authenticated caller.
 
+    ``async``: an API key authenticated a moment ago is answered from
+    :class:`~errand_api.authcache.AuthCache` on the event loop; otherwise the database
+    is read on a worker thread.
+
     Raises:
         Unauthorized: No bearer token, or one that is unknown or revoked.
     """
     if credentials is None:
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
-    found = authenticate_token(session, credentials.credentials, services.jwt)
+    token = credentials.credentials
+    cache = services.auth_cache
+    epoch = None
+    if cache is not None and not (services.jwt and JwtVerifier.looks_like_jwt(token)):
+        epoch = await cache.epoch()
+        hit = cache.get(token, epoch) if epoch is not None else None
+        if hit is not None:
+            principal, user = hit
+            _adopt_caller(session, user)
+            return principal
+    principal = await run_in_threadpool(_authenticate, session, services, token)
+    if cache is not None and epoch is not None:
+        caller = session.info[CALLER_KEY]
+        cache.put(token, principal, {c: getattr(caller, c) for c in _USER_COLUMNS}, epoch)
+    return principal
+
+
+def _authenticate(session: Session, services: Services, token: str) -> Principal:
+    found = authenticate_token(session, token, services.jwt)
     if found is None:
         raise Unauthorized("The API key or token is not valid.")
-    principal = found[0]
     # Also hands the connection back before the handler's thread hop: a request must
     # not hold one while it waits for a thread (threads waiting for connections held
     # by requests waiting for threads would deadlock under a large burst).
     session.commit()  # last_used_at, when it moved
-    return principal
+    return found[0]
+
+
+#: The ``users`` columns a cached caller's row is rebuilt from.
+_USER_COLUMNS = [c.name for c in User.__table__.c]  # type: ignore[attr-defined]
+
+
+def _adopt_caller(session: Session, columns: dict[str, Any]) -> None:
+    """Put the caller's row in ``session`` as if it had been read (no query): later
+    reads of it in the request (rate limit, in-flight cap) find it there."""
+    user = User(**columns)
+    make_transient_to_detached(user)
+    session.info[CALLER_KEY] = session.merge(user, load=False)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import dramatiq
 from anyio.to_thread import current_default_thread_limiter
@@ -12,12 +13,14 @@ from fastapi import FastAPI, Request
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace.export import SpanExporter
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errand_api import dashboard, metrics
+from errand_api.authcache import AuthCache
 from errand_api.catalog import Catalog
 from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
@@ -67,6 +70,7 @@ def create_app(
     engine: Engine | None = None,
     broker: dramatiq.Broker | None = None,
     redis: Redis | None = None,
+    async_redis: Any = None,
     span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """Build the API application.
@@ -78,10 +82,14 @@ def create_app(
             passes its in-memory broker).
         redis: A Redis client (from settings when omitted; ``errand dev`` passes its
             in-process stand-in).
+        async_redis: An asyncio client of the same Redis, for the auth cache's epoch
+            (from settings when ``redis`` is omitted too; without one, no auth cache).
     """
     configure_masking(settings.masked_fields)
     engine = engine or create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
-    redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+    if redis is None:
+        redis = Redis.from_url(settings.redis_url)
+        async_redis = async_redis or AsyncRedis.from_url(settings.redis_url)
     broker = broker or build_broker(settings.rabbitmq_url)
     services = Services(
         engine=engine,
@@ -100,6 +108,11 @@ def create_app(
         jwt=JwtVerifier(jwt_config) if (jwt_config := settings.jwt_config()) else None,
         redis=redis,
         estimator=Estimator(redis, settings.redis_prefix),
+        auth_cache=(
+            AuthCache(async_redis, settings.redis_prefix, settings.auth_cache_s)
+            if async_redis is not None and settings.auth_cache_s > 0
+            else None
+        ),
     )
 
     @asynccontextmanager

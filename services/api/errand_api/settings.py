@@ -23,6 +23,10 @@ class ApiSettings(CommonSettings):
     #: 8-16 threads accepted ~40% more jobs per second than AnyIO's default of 40, whose
     #: threads mostly queue for the GIL. Keep it below ``db_pool_size``.
     request_threads: int = Field(default=16, ge=1)
+    #: Seconds an API key authenticated by this process is answered from memory (0:
+    #: read the database on every request). A revocation through the API is refused at
+    #: once anyway (see errand_api.authcache); other changes to a user show within it.
+    auth_cache_s: float = Field(default=30.0, ge=0)
     #: Job submissions per second per user (token bucket); users may have their own.
     rate_limit_per_s: float = 50.0
     #: Submissions a user may make in one burst.

@@ -6,7 +6,8 @@ from fastapi import APIRouter, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from errand_api.deps import AdminDep, PrincipalDep, SessionDep
+from errand_api.authcache import bump_epoch
+from errand_api.deps import AdminDep, PrincipalDep, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, KeyNotFound
 from errand_api.schemas import KeyCreate, KeyCreated, KeyPublic, UserCreate, UserPublic
 from errand_schema.auth import add_key, key_prefix
@@ -37,7 +38,9 @@ def create_key(body: KeyCreate, session: SessionDep, principal: PrincipalDep) ->
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"description": "No such key"}},
 )
-def revoke_key(key_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> None:
+def revoke_key(
+    key_id: uuid.UUID, session: SessionDep, services: ServicesDep, principal: PrincipalDep
+) -> None:
     """Revoke one of your keys (an admin may revoke any). It is refused at once."""
     key = session.get(ApiKey, key_id)
     if key is None or (key.user_id != principal.user_id and not principal.is_admin):
@@ -45,6 +48,10 @@ def revoke_key(key_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) 
     key.revoked_at = key.revoked_at or utcnow()
     session.add(key)
     session.commit()
+    # Every API process stops answering its cached keys (this one at once, Redis or not).
+    if services.auth_cache is not None:
+        services.auth_cache.clear()
+    bump_epoch(services.redis, services.settings.redis_prefix)
 
 
 @router.get("/admin/users", response_model=list[UserPublic], tags=["admin"])

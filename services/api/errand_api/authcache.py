@@ -1,0 +1,106 @@
+"""API keys authenticated a moment ago, answered from memory (bench/README.md, plan 2).
+
+Every request used to authenticate its key with a read of the key and its user, and
+the commit that ends the read, on a worker thread of its own before the handler's:
+about a seventh of the API's CPU per ``POST /v1/jobs``. An API key this process
+authenticated in the last :attr:`AuthCache.ttl_s` seconds is answered here instead, on
+the event loop, after one Redis ``GET`` of the *auth epoch*, a counter that every
+revocation increments (:func:`bump_epoch`): an entry remembered under another epoch is
+not used, so a revoked key is refused at once by every API process.
+
+What changes outside the API (a user disabled or given another cap in SQL) shows
+within the TTL. When Redis cannot be read, nothing is answered from memory: every
+request reads the database, as without the cache. Only API keys are kept (JWTs are
+verified every time), by the SHA-256 the database stores, never in clear.
+"""
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from errand_schema.auth import Principal
+
+logger = logging.getLogger(__name__)
+
+#: Most keys kept per process; past it the oldest entry is dropped.
+MAX_ENTRIES = 10_000
+
+
+def epoch_key(prefix: str) -> str:
+    """The Redis key of the auth epoch."""
+    return f"{prefix}auth:epoch"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    principal: Principal
+    #: The user's columns, to put the row in a request's session without a read.
+    user: dict[str, Any]
+    epoch: bytes
+    until: float
+
+
+class AuthCache:
+    """Recently authenticated API keys of this process, valid while the epoch holds."""
+
+    def __init__(self, redis: Any, prefix: str, ttl_s: float) -> None:
+        """``redis``: an asyncio Redis client."""
+        self._redis = redis
+        self._key = epoch_key(prefix)
+        self.ttl_s = ttl_s
+        self._entries: dict[str, _Entry] = {}
+
+    async def epoch(self) -> bytes | None:
+        """The current auth epoch (``b"0"`` before any revocation); None when Redis
+        cannot be read, which turns the cache off for this request."""
+        try:
+            value = await self._redis.get(self._key)
+        except Exception:  # a cache never fails a request: read the database instead
+            logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
+            return None
+        return value if value is not None else b"0"
+
+    def get(self, token: str, epoch: bytes) -> tuple[Principal, dict[str, Any]] | None:
+        """The caller and its user's columns if ``token`` was authenticated under
+        ``epoch`` less than the TTL ago."""
+        digest = _digest(token)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if entry.epoch != epoch or entry.until < time.monotonic():
+            self._entries.pop(digest, None)
+            return None
+        return entry.principal, entry.user
+
+    def put(self, token: str, principal: Principal, user: dict[str, Any], epoch: bytes) -> None:
+        """Remember that ``token`` is ``principal`` (read under ``epoch``: the epoch must
+        have been read before the database, so a revocation in between is not missed)."""
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[_digest(token)] = _Entry(
+            principal, user, epoch, time.monotonic() + self.ttl_s
+        )
+
+    def clear(self) -> None:
+        """Forget every key (this process)."""
+        self._entries.clear()
+
+
+def bump_epoch(redis: Any, prefix: str) -> None:
+    """Invalidate every API process's cached keys (call after a revocation commits).
+
+    Note:
+        While Redis is unreachable the other processes cannot read the epoch either,
+        and read the database; a bump lost to a passing failure leaves their entries of
+        the revoked key valid for at most the TTL (logged here as a warning).
+    """
+    try:
+        redis.incr(epoch_key(prefix))
+    except Exception:  # the revocation stands in the database; say the cache may lag
+        logger.warning("could not bump the auth epoch in Redis", exc_info=True)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

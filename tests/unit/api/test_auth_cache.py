@@ -1,0 +1,110 @@
+"""API keys authenticated a moment ago are answered from memory, a revocation through any
+API process is refused at once by all of them, and without Redis every request reads
+the database (errand_api.authcache)."""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from errand.dev import DevSystem
+from errand_api.main import create_app
+
+
+@pytest.fixture
+def key_reads(dev_system: DevSystem) -> Iterator[list[str]]:
+    """Authentications from the database (a key read by its prefix), from now on."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "WHERE api_keys.prefix =" in statement:
+            seen.append(statement)
+
+    event.listen(dev_system.engine, "before_cursor_execute", note)
+    yield seen
+    event.remove(dev_system.engine, "before_cursor_execute", note)
+
+
+def _other_api_process(dev_system: DevSystem) -> TestClient:
+    """A second API app on the same database and Redis: another API process."""
+    services = dev_system.api.state.services
+    app = create_app(
+        services.settings,
+        engine=dev_system.engine,
+        broker=StubBroker(),
+        redis=fakeredis.FakeRedis(server=dev_system.redis_server),
+        async_redis=fakeredis.FakeAsyncRedis(server=dev_system.redis_server),
+    )
+    return TestClient(app)
+
+
+def test_a_key_used_again_is_answered_without_reading_the_database(
+    api_client: TestClient, make_user: Callable[..., str], key_reads: list[str]
+) -> None:
+    key = {"Authorization": f"Bearer {make_user('ann')}"}
+    assert api_client.get("/v1/jobs", headers=key).status_code == 200
+    assert len(key_reads) == 1
+    # Its user's own settings still apply on the cached path (the row is in the session)
+    for _ in range(3):
+        assert api_client.post("/v1/jobs", json={"type": "noop"}, headers=key).status_code == 202
+    assert api_client.get("/v1/keys", headers=key).status_code == 200
+    assert len(key_reads) == 1
+    # An unknown key is never answered from memory
+    bad = {"Authorization": f"Bearer {make_user('bob')}x"}
+    assert api_client.get("/v1/jobs", headers=bad).status_code == 401
+    assert api_client.get("/v1/jobs", headers=bad).status_code == 401
+    assert len(key_reads) == 3
+
+
+def test_a_revocation_is_refused_at_once_by_every_api_process(
+    api_client: TestClient, dev_system: DevSystem
+) -> None:
+    created = api_client.post("/v1/admin/users", json={"name": "cy"}).json()
+    cy = {"Authorization": f"Bearer {created['key']}"}
+    ci = api_client.post("/v1/keys", json={"name": "ci"}, headers=cy).json()
+    ci_key = {"Authorization": f"Bearer {ci['key']}"}
+    with _other_api_process(dev_system) as other:
+        # Both processes have the key in memory
+        assert api_client.get("/v1/jobs", headers=ci_key).status_code == 200
+        assert other.get("/v1/jobs", headers=ci_key).status_code == 200
+        # Revoked through the first: the second refuses it at once too
+        assert api_client.delete(f"/v1/keys/{ci['id']}", headers=cy).status_code == 204
+        assert other.get("/v1/jobs", headers=ci_key).status_code == 401
+        assert api_client.get("/v1/jobs", headers=ci_key).status_code == 401
+        # The user's other key still works everywhere
+        assert other.get("/v1/jobs", headers=cy).status_code == 200
+
+
+def test_without_redis_or_past_the_ttl_every_request_reads_the_database(
+    api_client: TestClient,
+    dev_system: DevSystem,
+    make_user: Callable[..., str],
+    key_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = dev_system.api.state.services.auth_cache
+    assert cache is not None
+    key = {"Authorization": f"Bearer {make_user('dee')}"}
+
+    class Unreachable:
+        async def get(self, _key: str) -> bytes:
+            raise ConnectionError("redis is down")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache, "_redis", Unreachable())
+        for _ in range(2):
+            assert api_client.get("/v1/jobs", headers=key).status_code == 200
+        assert len(key_reads) == 2
+    with monkeypatch.context() as m:
+        m.setattr(cache, "ttl_s", -1.0)  # every entry is already old
+        for _ in range(2):
+            assert api_client.get("/v1/jobs", headers=key).status_code == 200
+        assert len(key_reads) == 4
+    # Back to normal: remembered once more, then answered from memory
+    assert api_client.get("/v1/jobs", headers=key).status_code == 200
+    assert api_client.get("/v1/jobs", headers=key).status_code == 200
+    assert len(key_reads) == 5

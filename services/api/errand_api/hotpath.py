@@ -26,11 +26,10 @@ from sqlmodel import Session
 
 from errand_api.submission import Created
 from errand_schema.db import Precompiled
-from errand_schema.models import Job, JobEvent, JobStep, UtcDateTime, utcnow
+from errand_schema.models import Job, JobEvent, UtcDateTime, utcnow
 from errand_schema.states import StepStatus
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
-_STEPS: Table = JobStep.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = JobEvent.__table__  # type: ignore[attr-defined]
 
 #: The event's columns written from the object (``id`` is the database's).

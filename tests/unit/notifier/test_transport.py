@@ -6,6 +6,7 @@ import pytest
 import socketio
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio.async_drivers.asgi import translate_request
 from engineio.async_socket import AsyncSocket
 
 from errand_notifier import transport
@@ -75,3 +76,29 @@ def test_adopt_leaves_unknown_sessions_and_other_socket_classes_alone() -> None:
     transport.adopt(sio, "eio-2")
     assert type(other) is Custom
     assert type(sock).__name__ == "_Socket"
+
+
+async def test_adopt_drops_the_first_requests_body_reader_and_keeps_the_rest() -> None:
+    sio, _ = _socket(upgraded=True, wait_s=1.0)
+    scope = {
+        "type": "websocket",
+        "path": "/socket.io/",
+        "query_string": b"EIO=4&transport=websocket",
+        "headers": [(b"origin", b"http://example.test")],
+    }
+
+    async def receive() -> dict[str, str]:
+        return {"type": "websocket.connect"}
+
+    async def send(_message: dict[str, object]) -> None:
+        return None
+
+    # The environ python-engineio's ASGI driver builds for the session's first request
+    environ = await translate_request(scope, receive, send)
+    assert "wsgi.input" in environ
+    sio.environ["eio-1"] = environ
+    transport.adopt(sio, "eio-1")
+    assert "wsgi.input" not in sio.environ["eio-1"]
+    assert environ["HTTP_ORIGIN"] == "http://example.test"
+    assert environ["asgi.scope"] is scope
+    transport.adopt(sio, "eio-1")  # twice: nothing left to drop, no error

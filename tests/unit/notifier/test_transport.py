@@ -8,6 +8,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers.asgi import translate_request
 from engineio.async_socket import AsyncSocket
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from errand_notifier import transport
 
@@ -102,3 +103,22 @@ async def test_adopt_drops_the_first_requests_body_reader_and_keeps_the_rest() -
     assert environ["HTTP_ORIGIN"] == "http://example.test"
     assert environ["asgi.scope"] is scope
     transport.adopt(sio, "eio-1")  # twice: nothing left to drop, no error
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_adopt_lets_a_completed_websocket_handshake_go(complete: bool) -> None:
+    sio, _ = _socket(upgraded=True, wait_s=1.0)
+    # uvicorn's protocol as it stands after (or during) the handshake; only the
+    # attributes adopt() looks at
+    protocol = object.__new__(WebSocketsSansIOProtocol)
+    protocol.handshake_complete = complete
+    request, response = object(), object()
+    protocol.request, protocol.response = request, response  # type: ignore[assignment]
+    sio.environ["eio-1"] = {"asgi.send": protocol.send}
+    transport.adopt(sio, "eio-1")
+    if complete:
+        assert protocol.request is None
+        assert protocol.response is None
+    else:  # still needed to accept or refuse it
+        assert protocol.request is request
+        assert protocol.response is response

@@ -34,6 +34,8 @@ HISTORY = 200
 CACHE_S = 5.0
 #: Seconds a worker's capacity announcement lives without a refresh.
 CAPACITY_TTL_S = 30
+#: A history read this slow (s) is reused for CACHE_S even when it found nothing.
+SLOW_READ_S = 0.05
 #: How long a queue's count of the work ahead is reused for the jobs just submitted.
 AHEAD_CACHE_S = 1.0
 
@@ -97,31 +99,47 @@ class Estimator:
         self._redis = redis
         self._prefix = prefix
         self._lock = threading.Lock()
-        self._durations: dict[str, tuple[float, dict[int, float]]] = {}
+        #: type -> (when read, durations by step, whether the read was slow)
+        self._durations: dict[str, tuple[float, dict[int, float], bool]] = {}
+        self._reading: set[str] = set()
         self._capacity: dict[str, tuple[float, int]] = {}
         self._ahead: dict[str, _AheadCount] = {}
 
     def step_durations(
         self, session: Session, job_type: str, *, steps: int = 0
     ) -> dict[int, float]:
-        """Median seconds of each step of ``job_type`` over its recent completed attempts
-        (read again when the cached ones lack one of the first ``steps``)."""
+        """Median seconds of each step of ``job_type`` over its recent completed attempts.
+
+        Cached for :data:`CACHE_S`. A history that lacks one of the first ``steps`` (or
+        is empty) is read again at the next call, so a new type's first completions
+        show at once, unless its read was slow (:data:`SLOW_READ_S`): a type that
+        rarely completes makes PostgreSQL walk many attempts to find none, and that
+        read must not run on every request. One thread per process reads a type at a
+        time; the others answer with what is cached (possibly nothing: no estimate).
+        """
+        now = time.monotonic()
         with self._lock:
             cached = self._durations.get(job_type)
-        if (
-            cached
-            and time.monotonic() - cached[0] < CACHE_S
-            and all(i in cached[1] for i in range(steps))
-        ):
-            return cached[1]
-        rows = _HISTORY.all(session.connection(), {"job_type": job_type})
+            if cached and now - cached[0] < CACHE_S:
+                _, learned, slow = cached
+                if slow or all(i in learned for i in range(steps)):
+                    return learned
+            if job_type in self._reading:
+                return cached[1] if cached else {}
+            self._reading.add(job_type)
+        try:
+            started = time.monotonic()
+            rows = _HISTORY.all(session.connection(), {"job_type": job_type})
+            slow = time.monotonic() - started >= SLOW_READ_S
+        finally:
+            with self._lock:
+                self._reading.discard(job_type)
         by_step: dict[int, list[float]] = {}
         for index, ms in rows:
             by_step.setdefault(index, []).append(float(ms or 0) / 1000)
         learned = {index: statistics.median(values) for index, values in by_step.items()}
-        if learned:  # no history yet: look again next time
-            with self._lock:
-                self._durations[job_type] = (time.monotonic(), learned)
+        with self._lock:
+            self._durations[job_type] = (time.monotonic(), learned, slow)
         return learned
 
     def capacity(self, queue: str) -> int:

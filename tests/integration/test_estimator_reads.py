@@ -93,3 +93,45 @@ def test_the_shared_count_is_taken_again_once_it_is_old(
     second = _submit(engine, owner, job_type, queue)
     # Counted again: the queued job and the first one are ahead, not a tally.
     assert _wait_s(estimator, engine, second, newest=True) == pytest.approx(4.0, abs=0.5)
+
+
+class _CountingHistory:
+    """Stands in for the history statement: counts reads, returns no rows."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def all(self, _conn: object, _params: dict[str, object]) -> list[object]:
+        self.reads += 1
+        return []
+
+
+def test_a_type_without_history_is_read_again_unless_its_read_was_slow(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = _CountingHistory()
+    monkeypatch.setattr(estimates, "_HISTORY", history)
+    estimator = Estimator()
+    with Session(engine) as session:
+        # A fast read that found nothing: looked at again next time (a new type's
+        # first completions show at once)
+        assert estimator.step_durations(session, "new.type", steps=1) == {}
+        assert estimator.step_durations(session, "new.type", steps=1) == {}
+        assert history.reads == 2
+        # A slow one is not repeated on every request for CACHE_S
+        monkeypatch.setattr(estimates, "SLOW_READ_S", 0.0)
+        assert estimator.step_durations(session, "rare.type", steps=1) == {}
+        assert estimator.step_durations(session, "rare.type", steps=1) == {}
+        assert history.reads == 3
+
+
+def test_one_thread_reads_a_type_the_others_answer_with_what_is_cached(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = _CountingHistory()
+    monkeypatch.setattr(estimates, "_HISTORY", history)
+    estimator = Estimator()
+    estimator._reading.add("busy.type")  # another thread is reading it now
+    with Session(engine) as session:
+        assert estimator.step_durations(session, "busy.type", steps=1) == {}
+    assert history.reads == 0

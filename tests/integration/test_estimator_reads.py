@@ -106,11 +106,17 @@ class _CountingHistory:
         return []
 
 
+@pytest.fixture
+def history(monkeypatch: pytest.MonkeyPatch) -> _CountingHistory:
+    """The estimator's history reads, counted (and finding nothing)."""
+    counting = _CountingHistory()
+    monkeypatch.setattr(estimates, "_HISTORY", counting)
+    return counting
+
+
 def test_a_type_without_history_is_read_again_unless_its_read_was_slow(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, history: _CountingHistory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    history = _CountingHistory()
-    monkeypatch.setattr(estimates, "_HISTORY", history)
     estimator = Estimator()
     with Session(engine) as session:
         # A fast read that found nothing: looked at again next time (a new type's
@@ -126,10 +132,8 @@ def test_a_type_without_history_is_read_again_unless_its_read_was_slow(
 
 
 def test_one_thread_reads_a_type_the_others_answer_with_what_is_cached(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, history: _CountingHistory
 ) -> None:
-    history = _CountingHistory()
-    monkeypatch.setattr(estimates, "_HISTORY", history)
     estimator = Estimator()
     estimator._reading.add("busy.type")  # another thread is reading it now
     with Session(engine) as session:

@@ -75,9 +75,7 @@ def submit_job(
     written = None
     if created.new and not idempotency_key:
         written = write_submission(session, created, admit=admissible_at_once(session, job, cap))
-    if written is None:
-        written = created.new and admit_new(session, job, cap)
-    at_once = written
+    at_once = (created.new and admit_new(session, job, cap)) if written is None else written
     if idempotency_key:
         remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
     try:

@@ -7,9 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, select
 
 import errand_schema.models  # noqa: F401  (registers the tables)
+from errand_api.search import LabelIs
 from errand_schema.auth import create_user
 from errand_schema.models import Job
 
@@ -28,3 +29,33 @@ def test_a_bogus_status_is_refused_by_the_database(db_engine: Engine) -> None:
         session.add(Job(type="noop", owner_id=user.id, status="bogus", queue="default"))
         with pytest.raises(IntegrityError):
             session.commit()
+
+
+def test_the_partial_indexes_serve_the_queries_of_their_columns(db_engine: Engine) -> None:
+    """The dedup, workflow, payload-hash and label indexes hold only the jobs that set
+    those columns (errand_schema.models); each query of them must still be able to use
+    its index, i.e. imply the index's predicate."""
+    with Session(db_engine) as session:
+        user, _ = create_user(session, f"pi-{uuid.uuid4().hex[:6]}")
+        labelled = Job(type="noop", owner_id=user.id, status="queued", queue="default")
+        labelled.labels = {"tenant": "acme"}
+        plain = Job(type="noop", owner_id=user.id, status="queued", queue="default")
+        session.add_all([labelled, plain])
+        session.commit()
+        owner, wanted = user.id, labelled.id
+    queries = {
+        "ix_jobs_labels": select(Job.id).where(LabelIs("tenant", "acme")),
+        "ix_jobs_owner_dedup": select(Job.id).where(
+            col(Job.owner_id) == owner, col(Job.dedup_key) == "k"
+        ),
+        "ix_jobs_workflow_id": select(Job.id).where(col(Job.workflow_id) == uuid.uuid4()),
+        "ix_jobs_payload_hash": select(Job.id).where(col(Job.payload_hash) == "h"),
+    }
+    with db_engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        for index, query in queries.items():
+            compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+            assert index in plan, plan
+        assert conn.execute(queries["ix_jobs_labels"]).scalars().all() == [wanted]
+        conn.rollback()

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Boolean, ColumnElement, String, and_, cast, literal, or_
+from sqlalchemy import Boolean, ColumnElement, String, and_, cast, literal, literal_column, or_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -85,6 +85,10 @@ def job_filters(
     return where
 
 
+#: ``'{}'::jsonb``: every labelled job's labels contain it (``LABELLED_SQL``).
+EMPTY_OBJECT = "'{}'::jsonb"
+
+
 class LabelIs(ColumnElement[bool]):
     """``jobs.labels[key] == value``: a containment test (``@>``) on PostgreSQL, which
     the GIN index ``ix_jobs_labels`` serves; a JSON lookup elsewhere (SQLite)."""
@@ -105,8 +109,12 @@ def _label_is(element: LabelIs, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(LabelIs, "postgresql")
 def _label_is_pg(element: LabelIs, compiler: SQLCompiler, **kw: Any) -> str:
+    labels = col(Job.labels)
     wanted = cast(literal(json.dumps({element.key: element.value})), JSONB)
-    return str(compiler.process(col(Job.labels).op("@>")(wanted), **kw))
+    # The partial index's predicate (LABELLED_SQL) with a literal, not a bound value, so
+    # that the planner sees it holds in a prepared statement's generic plan too.
+    labelled = labels.op("@>")(literal_column(EMPTY_OBJECT))
+    return str(compiler.process(and_(labelled, labels.op("@>")(wanted)), **kw))
 
 
 def parse_labels(values: list[str] | None) -> list[tuple[str, str]]:

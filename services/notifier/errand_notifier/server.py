@@ -9,6 +9,7 @@ from typing import Any
 import socketio
 from sqlalchemy import Engine
 
+from errand_notifier import transport
 from errand_notifier.hub import Hub, hub_of
 from errand_notifier.metrics import register_room_collector
 from errand_notifier.namespace import JobsNamespace
@@ -31,6 +32,7 @@ def create_server(settings: NotifierSettings, engine: Engine) -> socketio.AsyncS
         ping_interval=settings.ping_interval_s,
         ping_timeout=settings.ping_timeout_s,
     )
+    transport.lighten(sio)
     configure_masking(settings.masked_fields)
     jwt_config = settings.jwt_config()
     verifier = JwtVerifier(jwt_config) if jwt_config else None

@@ -27,9 +27,18 @@ python-socketio 5.18 and python-engineio 4.15):
   included, for the connection's life, reading them only to accept or refuse it:
   ~2 KB per client (324-326 -> 316 MB at 5,000). Once the handshake is complete,
   :func:`adopt` lets them go (the protocol's ``send`` is the environ's ``asgi.send``).
+- The same environ holds a copy of every request header (``HTTP_*``), and its ASGI
+  scope the raw header list: read when the client connects (the notifier's
+  ``on_connect`` reads neither: the token comes in the ``auth`` payload), never after.
+  :func:`adopt` drops both (~2 KB per client).
+- Each Engine.IO socket's outgoing queue comes from ``AsyncServer.create_queue``: an
+  ``asyncio.Queue``, three deques and an ``asyncio.Event`` (a fourth), ~2.5 KB per
+  client even when empty. :func:`lighten` makes it a :class:`LeanQueue`, the part of
+  that interface the library and the notifier use, holding nothing while empty.
 """
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -132,11 +141,133 @@ class _Socket(AsyncSocket):  # type: ignore[misc]
         return packets
 
 
+class LeanQueue:
+    """What python-engineio and the notifier use of ``asyncio.Queue`` (unbounded):
+    ``put``/``put_nowait``, ``get``/``get_nowait``, ``task_done``/``join``, ``qsize``,
+    ``empty``, with the same semantics, including cancellation of a waiting ``get``.
+
+    ``asyncio.Queue`` keeps three deques and an ``asyncio.Event`` for its life, ~2.5 KB;
+    this keeps its items only while there are any, and a waiter list only once a
+    ``get`` or ``join`` has waited.
+    """
+
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._joiners: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+
+    def qsize(self) -> int:
+        """How many items wait."""
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        """Whether no item waits."""
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        """Add an item (never full) and wake a waiting ``get``."""
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        self._unfinished += 1
+        _wake_one(self._getters)
+
+    async def put(self, item: Any) -> None:
+        """As :meth:`put_nowait` (an unbounded queue never waits to put)."""
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        """Take the oldest item.
+
+        Raises:
+            asyncio.QueueEmpty: No item waits.
+        """
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    async def get(self) -> Any:
+        """Take the oldest item, waiting for one (as ``asyncio.Queue.get``: a cancelled
+        wait passes a wake-up it received on to the next waiter)."""
+        while not self._items:
+            if self._getters is None:
+                self._getters = []
+            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    _wake_one(self._getters)
+                raise
+        return self.get_nowait()
+
+    def task_done(self) -> None:
+        """Mark one taken item done; wake ``join`` once none is left.
+
+        Raises:
+            ValueError: Called more times than items were put.
+        """
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._joiners:
+            joiners, self._joiners = self._joiners, None
+            for joiner in joiners:
+                if not joiner.done():
+                    joiner.set_result(None)
+
+    async def join(self) -> None:
+        """Wait until every item put was taken and marked done."""
+        if self._unfinished == 0:
+            return
+        if self._joiners is None:
+            self._joiners = []
+        joiner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._joiners.append(joiner)
+        await joiner
+
+
+def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
+    """Wake the first waiter still waiting."""
+    while waiters:
+        waiter = waiters.pop(0)
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+def lighten(sio: socketio.AsyncServer) -> None:
+    """Make the server's Engine.IO sockets queue their packets in a :class:`LeanQueue`."""
+
+    def create_queue(*_args: Any, **_kwargs: Any) -> LeanQueue:
+        return LeanQueue()
+
+    sio.eio.create_queue = create_queue
+
+
+def _header_key(key: str) -> bool:
+    """Whether an environ key holds a request header. Every other key stays: after the
+    client connected, python-engineio still answers its first request through
+    ``asgi.send`` and looks at the scope's type; uvicorn logs the scope's client and
+    path when the connection ends."""
+    return key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+
+
 def adopt(sio: socketio.AsyncServer, eio_sid: str) -> None:
     """Give a session's Engine.IO socket the cheaper :meth:`_Socket.poll` (from its
     writer's next wait on), and drop what the session keeps of its first request but
-    never reads again: the body reader, and the websocket handshake's request and
-    response (see the module's docstring)."""
+    never reads again: the body reader, the request's headers, and the websocket
+    handshake's request and response (see the module's docstring)."""
     sock = sio.eio.sockets.get(eio_sid)
     if type(sock) is AsyncSocket:
         sock.__class__ = _Socket
@@ -144,6 +275,11 @@ def adopt(sio: socketio.AsyncServer, eio_sid: str) -> None:
     if environ is None:
         return
     environ.pop("wsgi.input", None)
+    for key in [k for k in environ if _header_key(k)]:
+        del environ[key]
+    scope = environ.get("asgi.scope")
+    if isinstance(scope, dict) and scope.get("headers"):
+        scope["headers"] = []
     protocol = getattr(environ.get("asgi.send"), "__self__", None)
     if (
         _SansIOProtocol is not None

@@ -79,7 +79,7 @@ def test_adopt_leaves_unknown_sessions_and_other_socket_classes_alone() -> None:
     assert type(sock).__name__ == "_Socket"
 
 
-async def test_adopt_drops_the_first_requests_body_reader_and_keeps_the_rest() -> None:
+async def test_adopt_drops_the_first_requests_body_reader_and_headers_and_keeps_the_rest() -> None:
     sio, _ = _socket(upgraded=True, wait_s=1.0)
     scope = {
         "type": "websocket",
@@ -100,8 +100,14 @@ async def test_adopt_drops_the_first_requests_body_reader_and_keeps_the_rest() -
     sio.environ["eio-1"] = environ
     transport.adopt(sio, "eio-1")
     assert "wsgi.input" not in sio.environ["eio-1"]
-    assert environ["HTTP_ORIGIN"] == "http://example.test"
+    assert not [k for k in environ if k.startswith("HTTP_")]
+    assert scope["headers"] == []
+    # what the library and uvicorn still read after the connect
     assert environ["asgi.scope"] is scope
+    assert environ["asgi.send"] is send
+    assert scope["type"] == "websocket"
+    assert scope["path"] == "/socket.io/"
+    assert environ["QUERY_STRING"] == "EIO=4&transport=websocket"
     transport.adopt(sio, "eio-1")  # twice: nothing left to drop, no error
 
 
@@ -122,3 +128,74 @@ def test_adopt_lets_a_completed_websocket_handshake_go(complete: bool) -> None:
     else:  # still needed to accept or refuse it
         assert protocol.request is request
         assert protocol.response is response
+
+
+# -- LeanQueue: asyncio.Queue's behaviour, as python-engineio and the notifier use it --
+
+
+async def test_lean_queue_gives_items_in_order_and_counts_them() -> None:
+    queue = transport.LeanQueue()
+    assert queue.empty()
+    assert queue.qsize() == 0
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    for item in ("a", "b", None):
+        await queue.put(item)
+    assert queue.qsize() == 3
+    assert not queue.empty()
+    assert [await queue.get(), queue.get_nowait(), queue.get_nowait()] == ["a", "b", None]
+    assert queue.empty()
+
+
+async def test_lean_queue_wakes_a_waiting_get_and_its_join_waits_for_task_done() -> None:
+    queue = transport.LeanQueue()
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    queue.put_nowait("x")
+    assert await asyncio.wait_for(waiting, 5) == "x"
+    joined = asyncio.create_task(queue.join())
+    await asyncio.sleep(0)
+    assert not joined.done()  # taken but not marked done
+    queue.task_done()
+    await asyncio.wait_for(joined, 5)
+    await asyncio.wait_for(queue.join(), 5)  # nothing unfinished: returns at once
+    with pytest.raises(ValueError, match="too many times"):
+        queue.task_done()
+
+
+async def test_lean_queue_passes_a_wake_up_on_when_the_woken_get_was_cancelled() -> None:
+    queue = transport.LeanQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("only")  # wakes the first waiter...
+    first.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(second, 5) == "only"
+    assert first.cancelled()
+    assert queue.empty()
+
+
+async def test_lean_queue_behind_a_timeout_as_the_polling_writer_waits() -> None:
+    queue = transport.LeanQueue()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await queue.get()
+    queue.put_nowait("after")  # the timed-out wait left no waiter behind to swallow it
+    assert await asyncio.wait_for(queue.get(), 5) == "after"
+
+
+async def test_the_servers_sockets_queue_in_lean_queues_and_still_write_in_order() -> None:
+    sio = socketio.AsyncServer(async_mode="asgi")
+    transport.lighten(sio)
+    sock = AsyncSocket(sio.eio, "eio-1")
+    sock.upgraded = True
+    sio.eio.sockets["eio-1"] = sock
+    transport.adopt(sio, "eio-1")
+    assert isinstance(sock.queue, transport.LeanQueue)
+    first, second = _message("a"), _message("b")
+    await sock.send(first)  # the library's own path
+    transport.send_packet(sock, second)
+    assert transport.queued_packets(sock) == 2
+    assert await sock.poll() == [first, second]
+    await sock.close(wait=True, abort=True)  # join() returns: every packet was taken

@@ -195,7 +195,13 @@ def owners_waiting(session: Session, limit: int = 500) -> list[uuid.UUID]:
 
 def message_for(job: Job) -> tuple[RunJobStep, str, str]:
     """The wake-up message of an admitted job: (message, queue, priority)."""
-    msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
+    msg = RunJobStep(
+        job_id=job.id,
+        step_index=job.step_index,
+        attempt=job.attempt + 1,
+        job_type=job.type,
+        queue=job.queue,
+    )
     return msg, job.queue, job.priority
 
 

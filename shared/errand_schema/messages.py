@@ -24,3 +24,9 @@ class RunJobStep(BaseModel):
     job_id: uuid.UUID
     step_index: int
     attempt: int
+    #: The job's type and queue, when the sender knows them: the worker then decides
+    #: whether the usual claim applies before reading the job, and claims it in one
+    #: statement. Hints only: the claim is fenced on them, and without them (or when
+    #: they are wrong) the worker reads the job first.
+    job_type: str | None = None
+    queue: str | None = None

@@ -23,14 +23,16 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from errand.dev import DevSystem, build_dev_system
+from errand_api.routes import jobs as jobs_routes
 from errand_schema import flow
+from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobAttempt, JobStep, User
 from errand_schema.states import JobStatus
 from errand_worker import hotpath
 from errand_worker.hotpath import Completed
 
 from helpers import wait_for
-from inprocess import admin_client, cap_admin, submit, wait_status
+from inprocess import admin_client, cap_admin, events, submit, wait_status
 from resources import PG_ADMIN_DSN, RUN_ID, require_service
 from unit_options import TEST_WORKER_OPTIONS
 
@@ -82,7 +84,10 @@ def test_one_statement_claims_and_completions_write_what_the_general_path_writes
     job_type: str,
 ) -> None:
     assert pg_system.engine.dialect.name == "postgresql"
-    check_same_rows_as_the_general_path(pg_running, pg_system, monkeypatch, job_type)
+    # A type with fixed steps is claimed in one statement from the message's hints; a
+    # planner's (its steps from the payload) is read first.
+    hinted = job_type == "test.slow"
+    check_same_rows_as_the_general_path(pg_running, pg_system, monkeypatch, job_type, hinted=hinted)
 
 
 def test_a_cancel_during_a_step_writes_nothing_on_the_hot_path(
@@ -125,7 +130,7 @@ def test_a_job_others_depend_on_is_finished_by_the_general_path_which_releases_t
     assert second.json()["status"] == JobStatus.BLOCKED
     pg_system.worker.start()
     assert wait_status(pg_client, second.json()["id"])["status"] == "completed"
-    assert used == {"claim": 2, "complete": 2}, "both tried the hot path"
+    assert used == {"claim": 2, "complete": 2, "hinted": 2}, "both tried the hot path"
     # The first has a dependent: its one-statement completion stepped aside (nothing
     # written) and the general path finished it and released the second.
     assert [str(c.rows[-1]["job_id"]) for c in done] == [second.json()["id"]]
@@ -246,3 +251,104 @@ def _waits_for_a_lock(engine: Engine) -> bool:
             )
         ).scalar_one()
     return bool(waiting)
+
+
+def _hinted(engine: Engine, job_id: str, **changes: object) -> hotpath.Taken | None:
+    """One hinted claim of step 0, attempt 1 of a ``flow.nap`` job on queue ``flow``."""
+    now = datetime.now(UTC)
+    args: dict[str, object] = {
+        "job_id": uuid.UUID(job_id),
+        "job_type": "flow.nap",
+        "queue": "flow",
+        "index": 0,
+        "attempt": 1,
+        "worker": "w",
+        "lease_until": now,
+        "now": now,
+    } | changes
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        return hotpath.claim_hinted(conn, **args)  # type: ignore[arg-type]
+
+
+def test_a_hinted_claim_writes_nothing_when_the_job_is_not_as_its_message_says(
+    pg_client: TestClient, pg_system: DevSystem
+) -> None:
+    job_id = submit(pg_client, "flow.nap", {"seconds": 0})
+    before = _job_row(pg_system.engine, job_id)
+    for wrong in ({"job_type": "test.slow"}, {"queue": "default"}, {"index": 1}, {"attempt": 2}):
+        assert _hinted(pg_system.engine, job_id, **wrong) is None, wrong
+    assert _job_row(pg_system.engine, job_id) == before
+    taken = _hinted(pg_system.engine, job_id)
+    assert taken is not None
+    assert [r["type"] for r in taken.rows] == ["started", "step"]
+    assert [r["seq"] for r in taken.rows] == [before["seq"] + 1, before["seq"] + 2]
+    assert taken.rows[1]["message"] == "step nap started"
+    assert taken.outputs == {}
+    assert _hinted(pg_system.engine, job_id) is None  # leased now: not twice
+
+
+def test_wrong_hints_fall_back_to_the_read_and_the_job_still_runs(
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = count_hot_path(monkeypatch)
+    real = flow.message_for
+
+    def misleading(job: Job) -> tuple[RunJobStep, str, str]:
+        msg, queue, priority = real(job)
+        return msg.model_copy(update={"job_type": "test.slow"}), queue, priority
+
+    monkeypatch.setattr(flow, "message_for", misleading)
+    monkeypatch.setattr(jobs_routes, "message_for", misleading)
+    job_id = submit(pg_client, "flow.nap", {"seconds": 0})
+    pg_system.worker.start()
+    assert wait_status(pg_client, job_id)["status"] == "completed"
+    assert used == {"claim": 1, "complete": 1, "hinted": 0}
+
+
+def test_a_payload_the_worker_refuses_after_a_hinted_claim_fails_the_job_for_good(
+    pg_client: TestClient, pg_system: DevSystem
+) -> None:
+    job_id = submit(pg_client, "flow.nap", {"seconds": 0})
+    # Written by an API whose schema for the type differs from this worker's model
+    with Session(pg_system.engine) as s:
+        s.execute(
+            text("""UPDATE jobs SET payload = '{"seconds": "a while"}' WHERE id = :id"""),
+            {"id": job_id},
+        )
+        s.commit()
+    pg_system.worker.start()
+    job = wait_status(pg_client, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["reason"] == "invalid_payload"
+    assert "seconds" in job["error"]["message"]
+    seqs = [e.seq for e in events(pg_system, job_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def _job_row(engine: Engine, job_id: str) -> dict[str, object]:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings()
+        return dict(row.one())
+
+
+def test_a_message_sent_before_its_queue_was_paused_is_not_claimed_until_resumed(
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = count_hot_path(monkeypatch)
+    job_id = submit(pg_client, "flow.nap", {"seconds": 0})  # its message is in the broker
+    assert pg_client.post("/v1/admin/pause", json={"queue": "flow"}).status_code == 200
+    pg_system.worker.start()
+    wait_for(
+        lambda: (
+            used["claim"] + used["hinted"] == 0
+            and _job_row(pg_system.engine, job_id)["published_at"] is None
+        ),
+        15,
+        0.05,
+        what="the paused job to be put back",
+    )
+    assert pg_client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    assert pg_client.post("/v1/admin/resume", json={"queue": "flow"}).status_code == 200
+    assert wait_status(pg_client, job_id)["status"] == "completed"
+    assert used["hinted"] == 1

@@ -25,9 +25,11 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
+    case,
     func,
     insert,
     literal_column,
+    null,
     select,
     text,
     union_all,
@@ -279,6 +281,236 @@ TAKE_NEXT = _take_statement((0,))
 _TAKE = {True: Precompiled(TAKE_STARTING), False: Precompiled(TAKE_NEXT)}
 
 
+# -- PostgreSQL: the claim in one statement, from the message's hints ------------------
+#
+# A message that names its job's type and queue (``RunJobStep.job_type``/``queue``, set
+# by every sender that knows them) lets the worker decide everything the read above is
+# for before touching the job: whether the type takes the usual path (known, static
+# steps, no breaker, no concurrency limit) and whether its queue or type is paused. The
+# claim is then one statement, the read folded into the take: ``o`` is the job as the
+# statement found it, the UPDATE is fenced on the message (step, attempt) and on ``o``
+# (status, run, progress, step: re-checked on the row as committed when the UPDATE
+# waited for it), and the events are built from ``o`` and the step row in SQL. When
+# the fence does not match, nothing is written and the caller falls back to the read.
+
+_O = (
+    select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.run, _JOBS.c.progress, _JOBS.c.step)
+    .where(_JOBS.c.id == bindparam("b_id"))
+    .cte("o")
+)
+_STEP_NAME = (
+    select(_STEPS.c.name)
+    .where(_STEPS.c.job_id == bindparam("b_id"), _STEPS.c.index == bindparam("b_index"))
+    .scalar_subquery()
+)
+_RUNNING = JobStatus.RUNNING.value
+
+
+def _sql(value: str) -> ColumnElement[Any]:
+    """A string constant written into the statement (not a bound parameter)."""
+    return literal_column(f"'{value}'")
+
+
+TAKE_HINTED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == _O.c.id,
+        _JOBS.c.status == _O.c.status,
+        _JOBS.c.status.in_([_sql(status) for status in sorted(CLAIMABLE)]),
+        _JOBS.c.run == _O.c.run,
+        _JOBS.c.progress == _O.c.progress,
+        _JOBS.c.step.is_not_distinct_from(_O.c.step),
+        _JOBS.c.type == bindparam("b_type"),
+        _JOBS.c.queue == bindparam("b_queue"),
+        _JOBS.c.step_index == bindparam("b_index"),
+        _JOBS.c.attempt == bindparam("b_previous"),
+        _JOBS.c.lease_owner.is_(None),
+        _JOBS.c.cancel_requested_at.is_(None),
+        _JOBS.c.held_at.is_(None),
+        _STEP_NAME.is_not(None),
+    )
+    .values(
+        status=_sql(_RUNNING),
+        started_at=func.coalesce(_JOBS.c.started_at, bindparam("b_now")),
+        attempt=bindparam("b_attempt"),
+        run_at=None,
+        step=_STEP_NAME,
+        lease_owner=bindparam("b_worker"),
+        lease_expires_at=bindparam("b_expires"),
+        seq=_JOBS.c.seq
+        + case((_O.c.status == _sql(_RUNNING), literal_column("1")), else_=literal_column("2")),
+        updated_at=bindparam("b_now"),
+    )
+    .returning(
+        _JOBS.c.id,
+        _JOBS.c.seq,
+        _JOBS.c.step,
+        _JOBS.c.owner_id,
+        _JOBS.c.step_index,
+        _JOBS.c.run,
+        _JOBS.c.queue,
+        _JOBS.c.priority,
+        _JOBS.c.payload,
+        _JOBS.c.timeout_s,
+        _JOBS.c.trace_context,
+        _O.c.status.label("was_status"),
+        _O.c.progress.label("was_progress"),
+        _O.c.step.label("was_step"),
+    )
+)
+
+
+def _claim_hinted_statement() -> Select[Any]:
+    """:data:`TAKE_HINTED` with the claim's other writes (:func:`_take_statement`'s),
+    its events built from the job's row; selects what the claim needs."""
+    j = TAKE_HINTED.cte("j")
+    step = START_STEP.where(_exists(j)).cte("s")
+    columns = ["job_id", "run", "step_index", "attempt", "worker", "outcome", "started_at"]
+    attempt = (
+        insert(_ATTEMPTS)
+        .from_select(
+            columns,
+            select(
+                j.c.id,
+                j.c.run,
+                j.c.step_index,
+                bindparam("b_attempt", type_=_ATTEMPTS.c.attempt.type),
+                bindparam("b_worker", type_=_ATTEMPTS.c.worker.type),
+                _sql("running"),
+                bindparam("b_now", type_=_ATTEMPTS.c.started_at.type),
+            ),
+        )
+        .returning(_ATTEMPTS.c.id)
+        .cte("a")
+    )
+    actor = bindparam("b_actor", type_=_EVENTS.c.actor.type)
+    at = bindparam("b_now", type_=_EVENTS.c.at.type)
+    no_text = null().cast(_EVENTS.c.message.type)
+    started = select(
+        j.c.id,
+        j.c.seq - literal_column("1"),
+        _sql(EventType.STARTED.value),
+        _sql(_RUNNING),
+        j.c.was_status,
+        j.c.was_progress,
+        j.c.was_step,
+        no_text,
+        bindparam("b_started_data", type_=_EVENTS.c.data.type),
+        actor,
+        at,
+    ).where(j.c.was_status != _sql(_RUNNING))
+    step_started = select(
+        j.c.id,
+        j.c.seq,
+        _sql(EventType.STEP.value),
+        _sql(_RUNNING),
+        null().cast(_EVENTS.c.from_status.type),
+        j.c.was_progress,
+        j.c.step,
+        _sql("step ").concat(j.c.step).concat(_sql(" started")),
+        func.jsonb_build_object(
+            _sql("step"),
+            j.c.step,
+            _sql("index"),
+            j.c.step_index,
+            _sql("attempt"),
+            bindparam("b_attempt", type_=_ATTEMPTS.c.attempt.type),
+            _sql("state"),
+            _sql("started"),
+        ),
+        actor,
+        at,
+    )
+    written = insert(_EVENTS).from_select(_EVENT_COLUMNS, union_all(started, step_started)).cte("e")
+    steps = (
+        select(
+            func.json_agg(
+                aggregate_order_by(
+                    func.json_build_array(_STEPS.c.index, _STEPS.c.name, _STEPS.c.output),
+                    _STEPS.c.index,
+                )
+            )
+        )
+        .where(_STEPS.c.job_id == j.c.id, _STEPS.c.index < j.c.step_index)
+        .scalar_subquery()
+    )
+    return select(
+        *j.c,
+        select(attempt.c.id).scalar_subquery().label("attempt_id"),
+        steps.label("before"),
+    ).add_cte(step, written)
+
+
+#: The claim in one statement, for a message with its job's type and queue.
+CLAIM_HINTED = _claim_hinted_statement()
+_CLAIM_HINTED = Precompiled(CLAIM_HINTED)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A claim written by :func:`claim_hinted`."""
+
+    #: The job as the claim needs it (``owner_id``, ``step_index``, ``run``, ``queue``,
+    #: ``priority``, ``payload``, ``timeout_s``, ``trace_context``; ``step``: the step's name).
+    job: Any
+    attempt_id: int
+    #: The event rows written.
+    rows: list[dict[str, Any]]
+    #: The outputs of the steps before this one, by name.
+    outputs: dict[str, Any]
+
+
+def claim_hinted(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    job_type: str,
+    queue: str,
+    index: int,
+    attempt: int,
+    worker: str,
+    lease_until: datetime,
+    now: datetime,
+) -> Taken | None:
+    """Start step ``index`` of a job of ``job_type`` on ``queue`` as attempt ``attempt``,
+    without reading it first (PostgreSQL only): the same writes as :func:`take_lease`.
+
+    Returns:
+        What was written, or None when the job is not free to start that step as that
+        attempt of that type on that queue (nothing written; the caller reads it).
+    """
+    params = {
+        "b_id": job_id,
+        "b_type": job_type,
+        "b_queue": queue,
+        "b_index": index,
+        "b_previous": attempt - 1,
+        "b_attempt": attempt,
+        "b_worker": worker,
+        "b_expires": lease_until,
+        "b_now": now,
+        "b_actor": f"worker:{worker}",
+        "b_started_data": {"attempt": attempt},
+    }
+    found = _CLAIM_HINTED.first(conn, params)
+    if found is None:
+        return None
+    rows = _start_events(
+        job_id,
+        was_status=found.was_status,
+        was_progress=found.was_progress,
+        was_step=found.was_step,
+        step=found.step,
+        index=index,
+        attempt=attempt,
+        worker=worker,
+        now=now,
+    )
+    _number(rows, found.seq)
+    outputs = {name: output for _, name, output in found.before or ()}
+    return Taken(found, int(found.attempt_id), rows, outputs)
+
+
 def _complete_statement(job_update: Any, *, last: bool) -> Select[Any]:
     """A completion's writes in one statement; selects ``(seq, owner)`` and, after the
     last step, whether the owner has jobs waiting for admission.
@@ -399,34 +631,16 @@ def take_lease(
         "outcome": "running",
         "started_at": now,
     }
-    actor = f"worker:{worker}"
-    rows = []
-    if starting:
-        rows.append(
-            _event(
-                job_id,
-                EventType.STARTED,
-                JobStatus.RUNNING,
-                from_status=JobStatus(job.status),
-                progress=job.progress,
-                step=job.step,
-                data={"attempt": attempt},
-                actor=actor,
-                at=now,
-            )
-        )
-    rows.append(
-        _event(
-            job_id,
-            EventType.STEP,
-            JobStatus.RUNNING,
-            progress=job.progress,
-            step=step,
-            message=f"step {step} started",
-            data={"step": step, "index": job.step_index, "attempt": attempt, "state": "started"},
-            actor=actor,
-            at=now,
-        )
+    rows = _start_events(
+        job_id,
+        was_status=job.status,
+        was_progress=job.progress,
+        was_step=job.step,
+        step=step,
+        index=job.step_index,
+        attempt=attempt,
+        worker=worker,
+        now=now,
     )
     if _postgres(conn):
         params = lease | {f"a_{k}": v for k, v in opened.items()} | _event_params(rows)
@@ -444,6 +658,53 @@ def take_lease(
     attempt_id = conn.execute(OPEN_ATTEMPT, opened).scalar_one()
     _insert_events(conn, rows)
     return int(attempt_id), rows
+
+
+def _start_events(
+    job_id: uuid.UUID,
+    *,
+    was_status: str,
+    was_progress: int,
+    was_step: str | None,
+    step: str,
+    index: int,
+    attempt: int,
+    worker: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The event rows of a claim: ``started`` when the job was not running yet (``was_*``:
+    the job before the claim), then the step's ``started``. :data:`CLAIM_HINTED` builds
+    the same rows in SQL."""
+    actor = f"worker:{worker}"
+    rows = []
+    if was_status != JobStatus.RUNNING.value:
+        rows.append(
+            _event(
+                job_id,
+                EventType.STARTED,
+                JobStatus.RUNNING,
+                from_status=JobStatus(was_status),
+                progress=was_progress,
+                step=was_step,
+                data={"attempt": attempt},
+                actor=actor,
+                at=now,
+            )
+        )
+    rows.append(
+        _event(
+            job_id,
+            EventType.STEP,
+            JobStatus.RUNNING,
+            progress=was_progress,
+            step=step,
+            message=f"step {step} started",
+            data={"step": step, "index": index, "attempt": attempt, "state": "started"},
+            actor=actor,
+            at=now,
+        )
+    )
+    return rows
 
 
 @dataclass(frozen=True)

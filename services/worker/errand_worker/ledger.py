@@ -60,6 +60,9 @@ class Claim:
     attempt_row: "JobAttempt | None" = None
     #: Its id, when the claim wrote it with a Core statement (the hot path).
     attempt_id: int | None = None
+    #: Why the job cannot run here, found after its claim was written (a payload this
+    #: worker's model refuses): the runner fails the step for good without running it.
+    invalid_payload: str | None = None
 
     @property
     def attempt_key(self) -> int | None:
@@ -162,6 +165,10 @@ def _claim_usual(
     for a planner's first step, the step rows of its plan (which the general path then
     finds and uses): the general path decides (and records why it refuses).
     """
+    if msg.job_type is not None and msg.queue is not None and rt.one_statement:
+        hinted = _claim_hinted(rt, conn, events, msg, msg.job_type, msg.queue)
+        if hinted is not None:
+            return hinted
     job = hotpath.read_job(conn, msg.job_id)
     if (
         job is None
@@ -209,6 +216,59 @@ def _claim_usual(
     outputs = {name: output for _, name, output in rows[:index]}
     claim = _claim(rt, msg.job_id, job, spec, payload, plan, msg.attempt, outputs)
     claim.attempt_id = attempt_id
+    return claim
+
+
+def _claim_hinted(
+    rt: WorkerRuntime,
+    conn: Connection,
+    events: list[JobEventMessage],
+    msg: RunJobStep,
+    job_type: str,
+    queue: str,
+) -> Claim | None:
+    """The usual claim in one statement (:func:`errand_worker.hotpath.claim_hinted`),
+    when the message names its job's type and queue and they take the usual path: a
+    known type with fixed steps, no breaker, no concurrency limit, neither paused.
+    None when they do not, or when the job is not as the message says (nothing
+    written: the caller reads the job).
+
+    A payload this worker's model refuses (the API validated it against the schema the
+    type registered, so only a worker of another version can) fails the job for good
+    once the claim is written: :attr:`Claim.invalid_payload`.
+    """
+    spec = rt.registry.get(job_type)
+    if spec is None or spec.breaker is not None or spec.concurrency_limit or spec.planner:
+        return None
+    plan = list(spec.steps)
+    if msg.step_index >= len(plan):
+        return None
+    if rt.gates is not None and rt.gates.is_paused(conn, queue, job_type):
+        return None
+    now = utcnow()
+    taken = hotpath.claim_hinted(
+        conn,
+        job_id=msg.job_id,
+        job_type=job_type,
+        queue=queue,
+        index=msg.step_index,
+        attempt=msg.attempt,
+        worker=rt.worker,
+        lease_until=now + timedelta(seconds=rt.lease_s),
+        now=now,
+    )
+    if taken is None:
+        return None
+    job = taken.job
+    events.extend(event_messages(job.owner_id, taken.rows))
+    invalid = None
+    try:
+        payload = spec.payload.model_validate(job.payload)
+    except ValidationError as exc:
+        payload, invalid = spec.payload.model_construct(), str(exc)
+    claim = _claim(rt, msg.job_id, job, spec, payload, plan, msg.attempt, taken.outputs)
+    claim.attempt_id = taken.attempt_id
+    claim.invalid_payload = invalid
     return claim
 
 

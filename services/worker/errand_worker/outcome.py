@@ -109,7 +109,7 @@ def complete_step(rt: WorkerRuntime, claim: Claim, output: Any, duration_ms: flo
         job.published_at = None
         if park_held(s, events, job, actor):
             return Outcome("held")  # resumes at this next step once released
-        nxt = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=1)
+        nxt = _message(claim, job.step_index, 1)
         return Outcome("next", NextMessage(nxt, claim.queue, claim.priority, continuation=True))
 
 
@@ -178,7 +178,7 @@ def _completion_landed(s: Session, claim: Claim) -> Outcome | None:
         or job.published_at is None
     ):
         return None
-    nxt = RunJobStep(job_id=claim.job_id, step_index=job.step_index, attempt=1)
+    nxt = _message(claim, job.step_index, 1)
     return Outcome(
         "next", NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
     )
@@ -219,7 +219,7 @@ def _complete_usual(
         return None
     events.extend(event_messages(done.owner, done.rows))
     if index + 1 < len(claim.steps):
-        nxt = RunJobStep(job_id=claim.job_id, step_index=index + 1, attempt=1)
+        nxt = _message(claim, index + 1, 1)
         sent = NextMessage(nxt, claim.queue, claim.priority, marked=True, continuation=True)
         return Outcome("next", sent), done
     return Outcome("completed"), done
@@ -295,7 +295,7 @@ def fail_step(
                 },
             )
         )
-    nxt = RunJobStep(job_id=claim.job_id, step_index=claim.step_index, attempt=claim.attempt + 1)
+    nxt = _message(claim, claim.step_index, claim.attempt + 1)
     return Outcome("retrying", NextMessage(nxt, claim.queue, claim.priority, int(delay_s * 1000)))
 
 
@@ -327,7 +327,7 @@ def hand_back(rt: WorkerRuntime, claim: Claim, duration_ms: float, reason: str) 
                 data={"attempt": claim.attempt, "step": claim.step.name},
             )
         )
-    nxt = RunJobStep(job_id=claim.job_id, step_index=claim.step_index, attempt=claim.attempt + 1)
+    nxt = _message(claim, claim.step_index, claim.attempt + 1)
     return Outcome("handed_back", NextMessage(nxt, claim.queue, claim.priority))
 
 
@@ -344,3 +344,15 @@ def _step_row(s: Session, claim: Claim) -> JobStep:
     row = s.get(JobStep, (claim.job_id, claim.step_index))
     assert row is not None, "claimed step has a row"
     return row
+
+
+def _message(claim: Claim, index: int, attempt: int) -> RunJobStep:
+    """The message of the claimed job's step ``index``, attempt ``attempt`` (with the
+    job's type and queue, so the next claim can be one statement)."""
+    return RunJobStep(
+        job_id=claim.job_id,
+        step_index=index,
+        attempt=attempt,
+        job_type=claim.spec.name,
+        queue=claim.queue,
+    )

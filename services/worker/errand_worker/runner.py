@@ -150,6 +150,9 @@ def _run_claimed(rt: WorkerRuntime, claim: Claim) -> Outcome:
     # ~3% of the worker's CPU (bench/README.md).
     logger.debug("step %s started (attempt %d)", claim.step.name, claim.attempt)
     started = time.perf_counter()
+    if claim.invalid_payload is not None:
+        err = _error(PermanentError(claim.invalid_payload), "invalid_payload")
+        return _record(rt, claim, lambda ms: fail_step(rt, claim, err, ms, permanent=True), started)
     try:
         output = _call_supervised(rt, claim, ctx, started)
     except LeaseLost:

@@ -34,8 +34,14 @@ HISTORY = 200
 CACHE_S = 5.0
 #: Seconds a worker's capacity announcement lives without a refresh.
 CAPACITY_TTL_S = 30
-#: A history read this slow (s) is reused for CACHE_S even when it found nothing.
-SLOW_READ_S = 0.05
+#: A history that lacks steps (a new type, or one that rarely completes) is read again
+#: after this many times its read's duration (at most CACHE_S): its reads then take at
+#: most ~5% of one thread, however slow they are, and a fast one finds a new type's first
+#: completions at once.
+REREAD_FACTOR = 20.0
+#: How long a request waits for another thread's read of the same type (s), rather than
+#: answering without it.
+READ_WAIT_S = 0.25
 #: How long a queue's count of the work ahead is reused for the jobs just submitted.
 AHEAD_CACHE_S = 1.0
 
@@ -99,9 +105,10 @@ class Estimator:
         self._redis = redis
         self._prefix = prefix
         self._lock = threading.Lock()
-        #: type -> (when read, durations by step, whether the read was slow)
-        self._durations: dict[str, tuple[float, dict[int, float], bool]] = {}
+        #: type -> (when read, durations by step, how long the read took)
+        self._durations: dict[str, tuple[float, dict[int, float], float]] = {}
         self._reading: set[str] = set()
+        self._read_done = threading.Condition(self._lock)
         self._capacity: dict[str, tuple[float, int]] = {}
         self._ahead: dict[str, _AheadCount] = {}
 
@@ -111,35 +118,42 @@ class Estimator:
         """Median seconds of each step of ``job_type`` over its recent completed attempts.
 
         Cached for :data:`CACHE_S`. A history that lacks one of the first ``steps`` (or
-        is empty) is read again at the next call, so a new type's first completions
-        show at once, unless its read was slow (:data:`SLOW_READ_S`): a type that
-        rarely completes makes PostgreSQL walk many attempts to find none, and that
-        read must not run on every request. One thread per process reads a type at a
-        time; the others answer with what is cached (possibly nothing: no estimate).
+        is empty) is read again sooner, after :data:`REREAD_FACTOR` times its read's
+        duration: a new type's first completions show at once, while a type that rarely
+        completes (PostgreSQL walks many attempts to find none) is not read on every
+        request. One thread per process reads a type at a time; another asking meanwhile
+        waits up to :data:`READ_WAIT_S` for that read, then answers with what is cached
+        (possibly nothing: no estimate).
         """
         now = time.monotonic()
         with self._lock:
             cached = self._durations.get(job_type)
             if cached and now - cached[0] < CACHE_S:
-                _, learned, slow = cached
-                if slow or all(i in learned for i in range(steps)):
+                at, learned, took = cached
+                complete = all(i in learned for i in range(steps))
+                if complete or now - at < min(CACHE_S, took * REREAD_FACTOR):
                     return learned
             if job_type in self._reading:
+                self._read_done.wait_for(lambda: job_type not in self._reading, READ_WAIT_S)
+                cached = self._durations.get(job_type, cached)
                 return cached[1] if cached else {}
             self._reading.add(job_type)
+        read: tuple[float, dict[int, float], float] | None = None
         try:
             started = time.monotonic()
             rows = _HISTORY.all(session.connection(), {"job_type": job_type})
-            slow = time.monotonic() - started >= SLOW_READ_S
+            took = time.monotonic() - started
+            by_step: dict[int, list[float]] = {}
+            for index, ms in rows:
+                by_step.setdefault(index, []).append(float(ms or 0) / 1000)
+            learned = {index: statistics.median(values) for index, values in by_step.items()}
+            read = (time.monotonic(), learned, took)
         finally:
             with self._lock:
                 self._reading.discard(job_type)
-        by_step: dict[int, list[float]] = {}
-        for index, ms in rows:
-            by_step.setdefault(index, []).append(float(ms or 0) / 1000)
-        learned = {index: statistics.median(values) for index, values in by_step.items()}
-        with self._lock:
-            self._durations[job_type] = (time.monotonic(), learned, slow)
+                if read is not None:
+                    self._durations[job_type] = read
+                self._read_done.notify_all()
         return learned
 
     def capacity(self, queue: str) -> int:

@@ -1,6 +1,8 @@
 """The estimator's reads, alike on PostgreSQL (driver cursor) and SQLite: a type's
 history, and the count of a queue that the submissions of the next second share."""
 
+import threading
+import time
 import uuid
 
 import pytest
@@ -11,6 +13,8 @@ from errand_schema import estimates
 from errand_schema.auth import create_user
 from errand_schema.estimates import Estimator
 from errand_schema.models import Job, JobAttempt
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,21 +125,48 @@ def test_a_type_without_history_is_read_again_unless_its_read_was_slow(
     with Session(engine) as session:
         # A fast read that found nothing: looked at again next time (a new type's
         # first completions show at once)
+        monkeypatch.setattr(estimates, "REREAD_FACTOR", 0.0)
         assert estimator.step_durations(session, "new.type", steps=1) == {}
         assert estimator.step_durations(session, "new.type", steps=1) == {}
         assert history.reads == 2
-        # A slow one is not repeated on every request for CACHE_S
-        monkeypatch.setattr(estimates, "SLOW_READ_S", 0.0)
+        # A slow one (here: any, its hold made long) is not repeated on every request
+        # for up to CACHE_S
+        monkeypatch.setattr(estimates, "REREAD_FACTOR", 1e12)
         assert estimator.step_durations(session, "rare.type", steps=1) == {}
         assert estimator.step_durations(session, "rare.type", steps=1) == {}
         assert history.reads == 3
 
 
 def test_one_thread_reads_a_type_the_others_answer_with_what_is_cached(
-    engine: Engine, history: _CountingHistory
+    engine: Engine, history: _CountingHistory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(estimates, "READ_WAIT_S", 0.01)
     estimator = Estimator()
     estimator._reading.add("busy.type")  # another thread is reading it now
     with Session(engine) as session:
         assert estimator.step_durations(session, "busy.type", steps=1) == {}
+    assert history.reads == 0
+
+
+def test_a_request_waits_for_the_read_another_thread_is_making(
+    engine: Engine, history: _CountingHistory
+) -> None:
+    estimator = Estimator()
+    with estimator._lock:
+        estimator._reading.add("busy.type")  # another thread is reading it now
+    answers: list[dict[int, float]] = []
+
+    def ask() -> None:
+        with Session(engine) as session:
+            answers.append(estimator.step_durations(session, "busy.type", steps=1))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    wait_for(lambda: estimator._read_done._waiters, 5, 0.001, what="the request to wait")
+    with estimator._lock:  # the other thread's read lands
+        estimator._reading.discard("busy.type")
+        estimator._durations["busy.type"] = (time.monotonic(), {0: 1.5}, 0.01)
+        estimator._read_done.notify_all()
+    asking.join(5)
+    assert answers == [{0: 1.5}]
     assert history.reads == 0

@@ -87,12 +87,22 @@ class ServiceProcess:
         self._log.close()
 
 
-def wait_http_ok(url: str, timeout_s: float = 30.0, proc: ServiceProcess | None = None) -> None:
-    """Wait until ``url`` answers 200 (failing early if ``proc`` died)."""
+#: How long a service process may take to answer after its start. Generous: on a slow,
+#: loaded 2-core CI machine, three services importing at once took over 30 s; a process
+#: that dies still fails the wait at once.
+SERVICE_START_S = 90.0
+
+
+def wait_http_ok(
+    url: str, timeout_s: float = SERVICE_START_S, proc: ServiceProcess | None = None
+) -> None:
+    """Wait until ``url`` answers 200 (failing at once if ``proc`` died)."""
+    died: list[int] = []
 
     def ok() -> bool:
         if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
+            died.append(proc.proc.returncode)
+            return True
         return httpx.get(url, timeout=2).status_code == 200
 
     try:
@@ -101,6 +111,8 @@ def wait_http_ok(url: str, timeout_s: float = 30.0, proc: ServiceProcess | None 
         if proc is not None:
             print(proc.log()[-5000:])
         raise
+    if died and proc is not None:
+        raise AssertionError(f"{proc.name} exited ({died[0]}):\n{proc.log()[-3000:]}")
 
 
 @dataclass(frozen=True)

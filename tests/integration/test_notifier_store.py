@@ -2,6 +2,7 @@
 delivered, alike on PostgreSQL (one statement over two arrays) and SQLite (chunks)."""
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -10,7 +11,7 @@ from sqlmodel import Session
 from errand_notifier import store as store_module
 from errand_notifier.store import JobHead, Store
 from errand_schema.auth import create_user
-from errand_schema.models import Job
+from errand_schema.models import Job, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +22,24 @@ def engine(either_engine: Engine) -> Engine:
 
 
 def _jobs(engine: Engine, seqs: list[int]) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """Running jobs at the given seqs, leased for an hour by a holder that is not a
+    worker: the session's worker processes share this database, and their reconciler
+    would otherwise take these jobs for lost ones and run them (seqs moving under the
+    test)."""
+    held_until = utcnow() + timedelta(hours=1)
     with Session(engine) as session:
         user, _ = create_user(session, f"heads-{uuid.uuid4().hex[:8]}")
         jobs = [
-            Job(type="noop", owner_id=user.id, status="running", queue="default", seq=s)
+            Job(
+                type="noop",
+                owner_id=user.id,
+                status="running",
+                queue="default",
+                seq=s,
+                lease_owner="test-holder",
+                lease_expires_at=held_until,
+                published_at=utcnow(),
+            )
             for s in seqs
         ]
         session.add_all(jobs)

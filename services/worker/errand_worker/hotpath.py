@@ -211,18 +211,25 @@ CLAIMABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value, JobStat
 # drain was spending most of its CPU on exactly that (bench/README.md, plan 1). SQLite
 # has no data-modifying CTEs and runs the statements above one by one.
 
-_STEPS_JSON = (
-    select(
-        func.json_agg(
-            aggregate_order_by(
-                func.json_build_array(_STEPS.c.index, _STEPS.c.name, _STEPS.c.output),
-                _STEPS.c.index,
+
+def _steps_json(*where: ColumnElement[bool]) -> ColumnElement[Any]:
+    """A job's step rows matching ``where`` as one JSON list of ``[index, name, output]``
+    in order (None when there are none)."""
+    return (
+        select(
+            func.json_agg(
+                aggregate_order_by(
+                    func.json_build_array(_STEPS.c.index, _STEPS.c.name, _STEPS.c.output),
+                    _STEPS.c.index,
+                )
             )
         )
+        .where(*where)
+        .scalar_subquery()
     )
-    .where(_STEPS.c.job_id == _JOBS.c.id)
-    .scalar_subquery()
-)
+
+
+_STEPS_JSON = _steps_json(_STEPS.c.job_id == _JOBS.c.id)
 #: :data:`READ_JOB` and :data:`READ_STEPS` in one statement: ``steps`` is a JSON list of
 #: ``[index, name, output]`` (None when the job has no step rows yet).
 READ_CLAIM = READ_JOB.add_columns(_STEPS_JSON.label("steps"))
@@ -422,18 +429,7 @@ def _claim_hinted_statement() -> Select[Any]:
         at,
     )
     written = insert(_EVENTS).from_select(_EVENT_COLUMNS, union_all(started, step_started)).cte("e")
-    steps = (
-        select(
-            func.json_agg(
-                aggregate_order_by(
-                    func.json_build_array(_STEPS.c.index, _STEPS.c.name, _STEPS.c.output),
-                    _STEPS.c.index,
-                )
-            )
-        )
-        .where(_STEPS.c.job_id == j.c.id, _STEPS.c.index < j.c.step_index)
-        .scalar_subquery()
-    )
+    steps = _steps_json(_STEPS.c.job_id == j.c.id, _STEPS.c.index < j.c.step_index)
     return select(
         *j.c,
         select(attempt.c.id).scalar_subquery().label("attempt_id"),

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from errand.dev import DevSystem
+from errand_schema import flow
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobStep
-from errand_worker import hotpath, ledger, outcome
+from errand_worker import hotpath, ledger, outcome, runner
 from errand_worker.errors import LeaseLost
 
 from inprocess import attempts, events, submit, wait_status
@@ -174,3 +176,79 @@ def check_a_completion_run_again_finds_its_own_write(
         s.commit()
     with pytest.raises(LeaseLost):
         outcome.complete_step(rt, stale, {"a": 1}, 5.0)
+
+
+def _first_message(system: DevSystem, job_id: str) -> RunJobStep:
+    """The message the API sent for the job's first step (with its hints)."""
+    with Session(system.engine) as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        return flow.message_for(job)[0]
+
+
+def check_a_claim_run_again_finds_its_own_lease(
+    client: TestClient,
+    dev_system: DevSystem,
+    monkeypatch: pytest.MonkeyPatch,
+    job_type: str,
+    payload: dict[str, Any],
+) -> None:
+    """A claim that committed but whose reply was lost with its connection is run once
+    more and takes the lease it wrote as its own: the step runs at once, as attempt 1,
+    instead of waiting for its own lease to expire and spending an attempt. Not when
+    another thread of the process holds the job (a duplicate message's)."""
+    rt = dev_system.runtime
+    real = runner.claim_step
+    tries: list[tuple[bool, str]] = []
+
+    def reply_lost(rt_: Any, msg: RunJobStep, *, again: bool = False) -> Any:
+        result = real(rt_, msg, again=again)
+        tries.append((again, type(result).__name__))
+        if not again:  # written and committed; the connection dies before the reply
+            lost = ConnectionError("reply lost")
+            raise DBAPIError("claim", {}, lost, connection_invalidated=True)
+        return result
+
+    job_id = submit(client, job_type, payload)
+    monkeypatch.setattr(runner, "claim_step", reply_lost)
+    done = runner.run_job_step(rt, _first_message(dev_system, job_id))
+    monkeypatch.setattr(runner, "claim_step", real)
+    assert tries == [(False, "Claim"), (True, "Claim")]
+    assert isinstance(done, outcome.Outcome)
+    assert done.kind in ("completed", "next")
+    rows = attempts(dev_system, job_id)
+    assert [(a.step_index, a.attempt, a.outcome) for a in rows][:1] == [(0, 1, "completed")]
+    assert len([a for a in rows if a.step_index == 0]) == 1, "one attempt at the step"
+    seqs = [e.seq for e in events(dev_system, job_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e.type for e in events(dev_system, job_id)].count("started") == 1
+
+    # Another thread of this process holds the job: the lease may be its claim's.
+    other = submit(client, job_type, payload)
+    msg = _first_message(dev_system, other)
+    first = ledger.claim_step(rt, msg)
+    assert isinstance(first, ledger.Claim)
+    rt.leases.hold(first.job_id)  # this thread, as the runner holds it
+    rt.leases.hold(first.job_id)  # and a duplicate message's thread
+    try:
+        refused = ledger.claim_step(rt, msg, again=True)
+    finally:
+        rt.leases.release(first.job_id)
+    assert isinstance(refused, ledger.Refusal)
+    assert refused.reason == "leased by another attempt"
+    try:  # only this thread now
+        mine = ledger.claim_step(rt, msg, again=True)
+        assert isinstance(mine, ledger.Claim)
+        assert (mine.attempt_key, mine.attempt, mine.step_index, mine.run) == (
+            first.attempt_key,
+            first.attempt,
+            first.step_index,
+            first.run,
+        )
+        assert mine.outputs == first.outputs
+        # Not a second run: the first try's claim stands alone as written.
+        assert isinstance(ledger.claim_step(rt, msg), ledger.Refusal)
+        assert outcome.complete_step(rt, mine, {"ok": True}, 1.0).kind in ("completed", "next")
+    finally:
+        rt.leases.release(first.job_id)
+    assert len(attempts(dev_system, other)) == 1

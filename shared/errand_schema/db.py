@@ -120,9 +120,9 @@ def autocommit_connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def once_more_on_disconnect(work: Callable[[], T]) -> T:
-    """Run ``work`` (one transaction of its own); once more if its connection turned
-    out to be dead.
+def once_more_on_disconnect(work: Callable[[], T], then: Callable[[], T] | None = None) -> T:
+    """Run ``work`` (one transaction of its own); once more (or ``then``, the second
+    run when it must know it is one) if its connection turned out to be dead.
 
     A connection used less than ``PING_IDLE_S`` ago is not pinged, so after a database
     restart the first statement on it fails; SQLAlchemy then invalidates the whole pool,
@@ -135,7 +135,7 @@ def once_more_on_disconnect(work: Callable[[], T]) -> T:
         if not exc.connection_invalidated:
             raise
         logger.warning("database connection lost (%s); trying once more", type(exc.orig).__name__)
-        return work()
+        return (then or work)()
 
 
 class Precompiled:

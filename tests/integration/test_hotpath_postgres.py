@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from hotpath_cases import (
     JOBS,
     check_a_cancel_during_a_step_takes_the_general_path,
+    check_a_claim_run_again_finds_its_own_lease,
     check_a_completion_run_again_finds_its_own_write,
     check_same_rows_as_the_general_path,
     count_hot_path,
@@ -100,6 +101,17 @@ def test_a_completion_run_again_after_a_lost_reply_finds_its_own_write(
     pg_client: TestClient, pg_system: DevSystem
 ) -> None:
     check_a_completion_run_again_finds_its_own_write(pg_client, pg_system)
+
+
+@pytest.mark.parametrize("job_type", sorted(JOBS))
+def test_a_claim_run_again_after_a_lost_reply_takes_its_own_lease(
+    pg_client: TestClient, pg_system: DevSystem, monkeypatch: pytest.MonkeyPatch, job_type: str
+) -> None:
+    # test.slow's first try is the one-statement hinted claim, demo.pipeline's the read
+    # and the fenced take; both commit by themselves.
+    check_a_claim_run_again_finds_its_own_lease(
+        pg_client, pg_system, monkeypatch, job_type, JOBS[job_type]
+    )
 
 
 def _record_completions(monkeypatch: pytest.MonkeyPatch) -> list[Completed]:

@@ -49,6 +49,11 @@ class LeaseKeeper:
                 self._thread = threading.Thread(target=self._run, name="errand-lease", daemon=True)
                 self._thread.start()
 
+    def holders(self, job_id: uuid.UUID) -> int:
+        """How many of this process's threads hold ``job_id`` now."""
+        with self._lock:
+            return self._held.get(job_id, 0)
+
     def release(self, job_id: uuid.UUID) -> None:
         """Stop renewing ``job_id``'s lease."""
         with self._lock:

@@ -101,23 +101,33 @@ class NextMessage:
     continuation: bool = False
 
 
-def claim_step(rt: WorkerRuntime, msg: RunJobStep) -> Claim | Refusal:
-    """Take the lease on the message's step, or say why not."""
-    if rt.one_statement:
+def claim_step(rt: WorkerRuntime, msg: RunJobStep, *, again: bool = False) -> Claim | Refusal:
+    """Take the lease on the message's step, or say why not.
+
+    ``again``: this claim was tried once already and its connection died before the
+    reply came (:func:`errand_schema.db.once_more_on_disconnect`); a lease of this
+    worker's on the very attempt is then that first try's write (:func:`_own_claim`).
+    """
+    if rt.one_statement and not again:
         with rt.statement() as (conn, written):
             alone = _claim_usual(rt, conn, written, msg)
         if alone is not None:
             return alone
     with rt.transaction() as (s, events):
-        if not rt.one_statement:
+        if not rt.one_statement and not again:
             usual = _claim_usual(rt, s.connection(), events, msg)
             if usual is not None:
                 return usual
-        return _claim_general(rt, s, events, msg)
+        return _claim_general(rt, s, events, msg, again=again)
 
 
 def _claim_general(
-    rt: WorkerRuntime, s: Session, events: list[JobEventMessage], msg: RunJobStep
+    rt: WorkerRuntime,
+    s: Session,
+    events: list[JobEventMessage],
+    msg: RunJobStep,
+    *,
+    again: bool = False,
 ) -> Claim | Refusal:
     """Every case the usual claim does not take, with the job's row locked."""
     job = lock_job(s, msg.job_id)
@@ -134,6 +144,9 @@ def _claim_general(
     now = utcnow()
     if job.lease_owner is not None:
         assert job.lease_expires_at is not None
+        own = _own_claim(rt, s, job, msg) if again else None
+        if own is not None:
+            return own
         if job.lease_expires_at > now:
             left = (job.lease_expires_at - now).total_seconds()
             return Refusal(
@@ -216,6 +229,64 @@ def _claim_usual(
     outputs = {name: output for _, name, output in rows[:index]}
     claim = _claim(rt, msg.job_id, job, spec, payload, plan, msg.attempt, outputs)
     claim.attempt_id = attempt_id
+    return claim
+
+
+def _own_claim(rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep) -> Claim | None:
+    """The claim a first try wrote when its reply was lost with its connection, or None.
+
+    The one-statement claims commit by themselves, so a reply lost after the commit
+    leaves the lease written: run again, the claim would find it taken ("leased by
+    another attempt"), and the step would wait for the lease to expire and spend an
+    attempt. It is recognised as this try's own write when the lease is this worker's
+    on the message's very step and attempt of the current run, that attempt's row is
+    this worker's and still open, and no other thread of this process holds the job
+    (the runner holds it from before its claim, so a duplicate message's thread, whose
+    claim found the lease taken, never takes it for its own). Only for types the
+    one-statement claims take (no breaker, no concurrency limit: those hold a slot or
+    report to a breaker that the claim's transaction arranged).
+
+    The events the first try wrote are in the job's table and were not published;
+    subscribers catch up from the table (the notifier's sweep).
+    """
+    if (
+        job.lease_owner != rt.worker
+        or job.status != JobStatus.RUNNING
+        or job.step_index != msg.step_index
+        or job.attempt != msg.attempt
+        or job.cancel_requested_at is not None
+        or rt.leases.holders(job.id) > 1
+    ):
+        return None
+    spec = rt.registry.get(job.type)
+    if spec is None or spec.breaker is not None or spec.concurrency_limit:
+        return None
+    attempt = s.exec(
+        select(JobAttempt).where(
+            col(JobAttempt.job_id) == job.id,
+            col(JobAttempt.run) == job.run,
+            col(JobAttempt.step_index) == job.step_index,
+            col(JobAttempt.attempt) == job.attempt,
+        )
+    ).first()
+    if attempt is None or attempt.worker != rt.worker or attempt.outcome != "running":
+        return None
+    invalid = None
+    try:
+        payload = spec.payload.model_validate(job.payload)
+    except ValidationError as exc:
+        if spec.planner:  # its plan needs the payload (only a hinted claim gets here)
+            return None
+        payload, invalid = spec.payload.model_construct(), str(exc)
+    plan = spec.plan(payload) if invalid is None else list(spec.steps)
+    rows = _step_rows(s, job.id, plan)
+    if job.step_index >= len(plan) or job.step_index >= len(rows):
+        return None
+    outputs = {r.name: r.output for r in rows[: job.step_index]}
+    claim = _claim(rt, job.id, job, spec, payload, plan, job.attempt, outputs)
+    claim.attempt_id = attempt.id
+    claim.invalid_payload = invalid
+    logger.info("claim found written by its first try (reply lost); running the step")
     return claim
 
 

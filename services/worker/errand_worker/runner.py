@@ -40,14 +40,18 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
         What happened; the actor dead-letters the message when it is ``dead``.
     """
     token = log_context.set({"job_id": str(msg.job_id), "step": str(msg.step_index)})
+    # Held from before the claim: a claim run again after a lost reply takes a lease of
+    # this worker's for its own only when no other thread of this process holds the job.
+    rt.leases.hold(msg.job_id)
     try:
-        claim = once_more_on_disconnect(lambda: claim_step(rt, msg))
+        claim = once_more_on_disconnect(
+            lambda: claim_step(rt, msg), lambda: claim_step(rt, msg, again=True)
+        )
         if isinstance(claim, Refusal):
             return _refused(rt, msg, claim)
         log_context.set(
             {"job_id": str(msg.job_id), "step": claim.step.name, "attempt": str(claim.attempt)}
         )
-        rt.leases.hold(claim.job_id)
         labels = (claim.spec.name, claim.queue)
         metrics.JOBS_STARTED.labels(*labels).inc()
         running = metrics.STEPS_RUNNING.labels(claim.queue)
@@ -61,7 +65,6 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
                 _send_next(rt, outcome)
         finally:
             running.dec()
-            rt.leases.release(claim.job_id)
             if claim.slot is not None and rt.gates is not None:
                 rt.gates.release_slot(claim.slot)
         _report_to_breaker(rt, claim, outcome)
@@ -70,6 +73,7 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
             metrics.OUTCOME_COUNTERS[outcome.kind].labels(*labels).inc()
         return outcome
     finally:
+        rt.leases.release(msg.job_id)
         log_context.reset(token)
 
 

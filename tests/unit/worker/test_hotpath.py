@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from hotpath_cases import (
     JOBS,
     check_a_cancel_during_a_step_takes_the_general_path,
+    check_a_claim_run_again_finds_its_own_lease,
     check_a_completion_run_again_finds_its_own_write,
     check_same_rows_as_the_general_path,
 )
@@ -31,3 +32,12 @@ def test_a_completion_run_again_after_a_lost_reply_finds_its_own_write(
     api_client: TestClient, dev_system: DevSystem
 ) -> None:
     check_a_completion_run_again_finds_its_own_write(api_client, dev_system)
+
+
+@pytest.mark.parametrize("job_type", sorted(JOBS))
+def test_a_claim_run_again_after_a_lost_reply_takes_its_own_lease(
+    api_client: TestClient, dev_system: DevSystem, monkeypatch: pytest.MonkeyPatch, job_type: str
+) -> None:
+    check_a_claim_run_again_finds_its_own_lease(
+        api_client, dev_system, monkeypatch, job_type, JOBS[job_type]
+    )

@@ -11,6 +11,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from errand_api import hotpath
@@ -181,3 +182,69 @@ def test_the_plain_case_only(api: tuple[TestClient, StubBroker], job_type: str) 
         assert resp.status_code == 202
     # The one with an Idempotency-Key (its key's row is written too) never came here.
     assert taken == [True, False]
+
+
+class _LostReply:
+    """The one statement, whose first run loses its connection's reply: after its
+    commit (``landed``) or before the statement reached the server."""
+
+    def __init__(self, real: Any, *, landed: bool) -> None:
+        self.real, self.landed, self.runs = real, landed, 0
+
+    def first(self, conn: Any, params: dict[str, Any]) -> Any:
+        self.runs += 1
+        if self.runs > 1:
+            return self.real.first(conn, params)
+        if self.landed:
+            self.real.first(conn, params)
+        raise DBAPIError("INSERT", {}, ConnectionError("reply lost"), connection_invalidated=True)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after-commit", "before-commit"])
+def test_a_submission_whose_reply_was_lost_is_answered_once_written(
+    api: tuple[TestClient, StubBroker],
+    job_type: str,
+    db_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    landed: bool,
+) -> None:
+    """The statement commits by itself, so a reply lost with its connection may follow
+    a commit: the API finds its job (by the id it made) or writes it once more, and
+    answers 202 with the job written once, sent once."""
+    client, broker = api
+    queue = f"q-{job_type}"
+    broker.declare_queue(queue)
+    assert client.get("/v1/jobs").status_code == 200  # the key is in the auth cache now
+    before = broker.queues[queue].qsize()
+    lost = _LostReply(hotpath._WRITE, landed=landed)
+    monkeypatch.setattr(hotpath, "_WRITE", lost)
+    job_id = _submit(client, job_type)
+    monkeypatch.undo()
+    # Found by its id after the commit; written by a second run when it never landed.
+    assert lost.runs == (1 if landed else 2)
+    rows = _rows(db_engine, job_id)
+    assert rows["published"] is True
+    assert [s["name"] for s in rows["steps"]] == ["fetch", "render"]
+    assert [e["type"] for e in rows["events"]] == ["queued"]
+    assert broker.queues[queue].qsize() - before == 1
+
+
+def test_the_plain_submission_commits_by_itself(
+    api: tuple[TestClient, StubBroker], job_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the caller from the auth cache nothing has taken a connection before the
+    write, so the one statement is the transaction (no BEGIN and COMMIT around it)."""
+    client, broker = api
+    broker.declare_queue(f"q-{job_type}")
+    assert client.get("/v1/jobs").status_code == 200  # the key is in the auth cache now
+    real = hotpath._WRITE
+    levels: list[object] = []
+
+    class Spy:
+        def first(self, conn: Any, params: dict[str, Any]) -> Any:
+            levels.append(conn.get_execution_options().get("isolation_level"))
+            return real.first(conn, params)
+
+    monkeypatch.setattr(hotpath, "_WRITE", Spy())
+    _submit(client, job_type)
+    assert levels == ["AUTOCOMMIT"]

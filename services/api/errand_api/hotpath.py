@@ -16,11 +16,13 @@ same rows.
 """
 
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Boolean, Float, Integer, String, Table, bindparam, text
+from sqlalchemy import ARRAY, Boolean, Float, Integer, String, Table, bindparam, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import JSON
 from sqlmodel import Session
 
@@ -28,6 +30,8 @@ from errand_api.submission import Created
 from errand_schema.db import Precompiled
 from errand_schema.models import Job, JobEvent, UtcDateTime, utcnow
 from errand_schema.states import StepStatus
+
+logger = logging.getLogger(__name__)
 
 _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = JobEvent.__table__  # type: ignore[attr-defined]
@@ -110,6 +114,37 @@ def _record(job: Job) -> str:
     return json.dumps(row, separators=(",", ":"))
 
 
+def _holds_connection(session: Session) -> bool:
+    """Whether the session has begun a transaction on a connection.
+
+    Not :meth:`Session.in_transaction`: adding the new rows begins the session's own
+    transaction object before any connection is taken, so that is always true here
+    (and the statement never committed by itself until this was noticed). SQLAlchemy
+    has no public way to ask; ``_connections`` is the transaction's map of them.
+    """
+    trans = session.get_transaction()
+    return trans is not None and bool(getattr(trans, "_connections", True))
+
+
+def _after_lost_reply(
+    session: Session, job_id: uuid.UUID, params: dict[str, Any], options: dict[str, Any] | None
+) -> Any:
+    """The statement's row when its connection died before the reply: it commits by
+    itself, so it may have landed. Looked for by the job's id (ours, made before the
+    write) on a new connection: the row found, else the statement run once more.
+
+    Without this a lost reply was a 500 for a job that exists (and runs): the client,
+    told it failed, would submit it twice.
+    """
+    logger.warning("database connection lost during a submission; looking for its job")
+    session.rollback()  # the dead connection goes; the pending rows leave the session
+    conn = session.connection(execution_options=options)
+    found = conn.execute(select(_JOBS.c.published_at).where(_JOBS.c.id == job_id)).first()
+    if found is not None:
+        return found
+    return _WRITE.first(conn, params)
+
+
 def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
     """Write ``created`` (a new job, its steps, its first event) in one statement on
     PostgreSQL and take it out of the session; return whether it was admitted as it was
@@ -144,11 +179,17 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
     }
     # The statement alone is the transaction (as the worker's claims and completions):
     # no COMMIT round trip. Inside a transaction already begun, it stays part of it.
-    alone = not session.in_transaction()
+    alone = not _holds_connection(session)
     options = {"isolation_level": "AUTOCOMMIT"} if alone else None
-    row = _WRITE.first(session.connection(execution_options=options), params)
+    try:
+        row = _WRITE.first(session.connection(execution_options=options), params)
+    except DBAPIError as exc:
+        if not (alone and exc.connection_invalidated):
+            raise
+        row = _after_lost_reply(session, job.id, params, options)
     for obj in pending:
-        session.expunge(obj)
+        if obj in session:
+            session.expunge(obj)
     if alone:
         session.commit()  # nothing left to commit: the connection goes back to the pool
     published: datetime | None = row.published_at if row is not None else None

@@ -1,6 +1,7 @@
 """Database engines and sessions for PostgreSQL (production) and SQLite (dev mode)."""
 
 import logging
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
@@ -118,6 +119,88 @@ def autocommit_connection(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
+
+
+class HeldConnections:
+    """One autocommit connection per thread, kept between the thread's statements.
+
+    For the worker's hot path (bench/README.md): a claim and a completion are one
+    statement each, and taking a pooled connection for each (checkout, the idle ping's
+    bookkeeping, the isolation level set and reset, checkin) was a tenth of the
+    worker's Python per job. A thread keeps its connection from the engine's pool, in
+    autocommit, for as long as its statements succeed; any exception in its use (a
+    dead connection above all: :func:`once_more_on_disconnect` then runs again on a new
+    one) closes it and the thread's next use takes another. Nothing is ever left open
+    on it between uses: every statement commits by itself.
+
+    A held connection is not pinged (it was used by the thread's last job): after a
+    database restart its next statement fails and is run once more, as a pooled
+    connection used within ``PING_IDLE_S`` would. :meth:`close` closes every held
+    connection (the runtime's shutdown; threads that ended leave theirs here).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._all: set[Connection] = set()
+        self._busy: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def use(self) -> Iterator[Connection]:
+        """Yield this thread's connection (a pooled one of its own when it has none,
+        or is using it already further up its stack, or after :meth:`close`)."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and (conn.closed or conn.invalidated):
+            self._forget(conn)
+            conn = None
+        if conn is None and not self._closed:
+            conn = self._engine.connect()
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            with self._lock:
+                self._all.add(conn)
+            self._local.conn = conn
+        if conn is None or conn in self._busy:
+            with autocommit_connection(self._engine) as own:
+                yield own
+            return
+        with self._lock:
+            self._busy.add(conn)
+        try:
+            yield conn
+            if conn.in_transaction():  # only SQLAlchemy's marker: autocommit
+                conn.commit()
+        except BaseException:
+            self._forget(conn)
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(conn)
+        if self._closed:  # closed while this thread used it: its thread closes it
+            self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        self._local.conn = None
+        with self._lock:
+            self._all.discard(conn)
+        try:
+            conn.close()
+        except Exception:  # already broken: its pool record is invalidated anyway
+            logger.debug("closing a held connection failed", exc_info=True)
+
+    def close(self) -> None:
+        """Close every held connection not in use now (one in use is closed by its
+        thread when the use ends); uses after this take pooled ones."""
+        with self._lock:
+            self._closed = True
+            held = [c for c in self._all if c not in self._busy]
+            self._all -= set(held)
+        for conn in held:
+            try:
+                conn.close()
+            except Exception:
+                logger.debug("closing a held connection failed", exc_info=True)
 
 
 def once_more_on_disconnect(work: Callable[[], T], then: Callable[[], T] | None = None) -> T:

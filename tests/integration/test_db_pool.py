@@ -2,14 +2,18 @@
 use and replaced if the server closed it; one used a moment ago is not pinged, and work
 that meets it dead runs once more on a new connection."""
 
+import threading
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from errand_schema import db
 
-from resources import backend_pid, kill_pooled_backend
+from helpers import wait_for
+from resources import PG_ADMIN_DSN, backend_pid, kill_pooled_backend
 
 pytestmark = pytest.mark.integration
 
@@ -78,5 +82,96 @@ def test_work_on_a_connection_that_died_a_moment_ago_runs_once_more(
         runs.clear()
         assert db.once_more_on_disconnect(work) not in (killed, None)
         assert len(runs) == 2
+    finally:
+        engine.dispose()
+
+
+def _held_pid(held: db.HeldConnections) -> int:
+    with held.use() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(pid: int) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        def gone() -> bool:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_for(gone, 10, what="the backend to exit")
+
+
+def test_a_thread_keeps_its_autocommit_connection_between_statements(
+    postgres_database: str,
+) -> None:
+    engine = db.create_db_engine(postgres_database, pool_size=2)
+    held = db.HeldConnections(engine)
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda *_a: checkouts.append(1))
+    try:
+        first = _held_pid(held)
+        assert [_held_pid(held) for _ in range(5)] == [first] * 5
+        assert checkouts == [1], "taken from the pool once"
+        with held.use() as conn:
+            assert conn.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
+            conn.execute(text("CREATE TABLE held_probe (n int)"))
+            conn.execute(text("INSERT INTO held_probe VALUES (1)"))
+            # Nested in the same thread: another connection, not the one in use.
+            with held.use() as inner:
+                assert inner is not conn
+                # Committed by itself: another connection sees the row at once.
+                assert inner.execute(text("SELECT count(*) FROM held_probe")).scalar_one() == 1
+        # Another thread: its own connection.
+        pids: list[int] = []
+        thread = threading.Thread(target=lambda: pids.append(_held_pid(held)))
+        thread.start()
+        thread.join(10)
+        assert len(pids) == 1
+        assert pids[0] != first
+    finally:
+        held.close()
+        engine.dispose()
+
+
+def test_a_held_connection_that_died_is_replaced_and_the_work_runs_once_more(
+    postgres_database: str,
+) -> None:
+    engine = db.create_db_engine(postgres_database, pool_size=2)
+    held = db.HeldConnections(engine)
+    runs: list[int] = []
+
+    def work() -> int:
+        runs.append(1)
+        return _held_pid(held)
+
+    try:
+        killed = _held_pid(held)
+        _terminate(killed)  # the server side of a database restart
+        again = db.once_more_on_disconnect(work)
+        assert len(runs) == 2, "the first run met the dead connection"
+        assert again != killed
+        assert _held_pid(held) == again, "the new one is held from now on"
+    finally:
+        held.close()
+        engine.dispose()
+
+
+def test_closing_closes_the_held_connections_and_later_uses_take_pooled_ones(
+    postgres_database: str,
+) -> None:
+    engine = db.create_db_engine(postgres_database, pool_size=2)
+    held = db.HeldConnections(engine)
+    try:
+        with held.use() as conn:
+            held.close()  # while in use: its thread closes it when the use ends
+            assert not conn.closed
+        assert conn.closed
+        with held.use() as later:
+            assert later is not conn
+            assert later.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
+        assert later.closed, "back to the pool after its use"
     finally:
         engine.dispose()

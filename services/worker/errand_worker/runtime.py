@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, update
 from sqlmodel import Session, col
 
 from errand_schema import flow
-from errand_schema.db import autocommit_connection, session_scope
+from errand_schema.db import HeldConnections, session_scope
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher, JobEventMessage
 from errand_schema.messages import RunJobStep
@@ -75,6 +75,12 @@ class WorkerRuntime:
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
 
+    #: Each worker thread's own autocommit connection for :meth:`statement`.
+    held: HeldConnections = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.held = HeldConnections(self.engine)
+
     @property
     def one_statement(self) -> bool:
         """Whether the usual claim and completion are single statements, each run on
@@ -92,7 +98,7 @@ class WorkerRuntime:
         ``COMMIT``, two round trips more than the statement's one.
         """
         events: list[JobEventMessage] = []
-        with autocommit_connection(self.engine) as conn:
+        with self.held.use() as conn:
             yield conn, events
         self.events.publish(events)
 
@@ -145,3 +151,4 @@ class WorkerRuntime:
         self.leases.stop()
         self.watchdog.stop()
         self.events.close()
+        self.held.close()

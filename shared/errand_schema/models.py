@@ -299,7 +299,8 @@ class JobAttempt(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    #: Looked up through the unique index it leads (no index of its own: migration 0009).
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", ondelete="CASCADE")
     run: int = 1
     step_index: int
     attempt: int
@@ -324,7 +325,8 @@ class JobEvent(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    #: Looked up through the unique index it leads (no index of its own: migration 0009).
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", ondelete="CASCADE")
     seq: int
     type: str = Field(max_length=30)
     status: str = Field(max_length=20)

@@ -1,18 +1,19 @@
 """On PostgreSQL the migrated schema matches the models, and the constraints hold."""
 
 import uuid
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
 import errand_schema.models  # noqa: F401  (registers the tables)
 from errand_api.search import LabelIs
 from errand_schema.auth import create_user
-from errand_schema.models import Job
+from errand_schema.models import Job, JobAttempt, JobEvent
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +53,28 @@ def test_the_partial_indexes_serve_the_queries_of_their_columns(db_engine: Engin
         "ix_jobs_payload_hash": select(Job.id).where(col(Job.payload_hash) == "h"),
     }
     with db_engine.connect() as conn:
-        conn.exec_driver_sql("SET enable_seqscan = off")
-        for index, query in queries.items():
-            compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
-            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
-            assert index in plan, plan
+        _assert_each_uses_its_index(conn, queries)
         assert conn.execute(queries["ix_jobs_labels"]).scalars().all() == [wanted]
         conn.rollback()
+
+
+def test_lookups_by_job_use_the_unique_indexes_they_lead(db_engine: Engine) -> None:
+    """``job_events`` and ``job_attempts`` have no ``job_id`` index of their own
+    (migration 0009): the unique index starting with ``job_id`` serves them."""
+    job_id = uuid.uuid4()
+    queries = {
+        "uq_job_events_job_seq": select(JobEvent.seq).where(col(JobEvent.job_id) == job_id),
+        "uq_job_attempts_number": select(JobAttempt.id).where(col(JobAttempt.job_id) == job_id),
+    }
+    with db_engine.connect() as conn:
+        _assert_each_uses_its_index(conn, queries)
+        conn.rollback()
+
+
+def _assert_each_uses_its_index(conn: Connection, queries: dict[str, Any]) -> None:
+    """Each query (by the index it should use) can use it (sequential scans off)."""
+    conn.exec_driver_sql("SET enable_seqscan = off")
+    for index, query in queries.items():
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+        assert index in plan, plan

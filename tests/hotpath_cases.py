@@ -3,6 +3,7 @@ the hot path (Core statements; one statement each on PostgreSQL) claims and comp
 steps exactly as the general (ORM) path does, and unusual cases fall back."""
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from sqlmodel import Session, col, select
 from errand.dev import DevSystem
 from errand_schema import flow
 from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, JobStep
+from errand_schema.models import Job, JobStep, utcnow
 from errand_worker import hotpath, ledger, outcome, runner
 from errand_worker.errors import LeaseLost
 
@@ -196,24 +197,42 @@ def check_a_claim_run_again_finds_its_own_lease(
     """A claim that committed but whose reply was lost with its connection is run once
     more and takes the lease it wrote as its own: the step runs at once, as attempt 1,
     instead of waiting for its own lease to expire and spending an attempt. Not when
-    another thread of the process holds the job (a duplicate message's)."""
+    another thread of the process holds the job (a duplicate message's), nor when the
+    lease expired meanwhile."""
     rt = dev_system.runtime
     real = runner.claim_step
-    tries: list[tuple[bool, str]] = []
+    tries: list[tuple[bool, int]] = []
 
-    def reply_lost(rt_: Any, msg: RunJobStep, *, again: bool = False) -> Any:
-        result = real(rt_, msg, again=again)
-        tries.append((again, type(result).__name__))
-        if not again:  # written and committed; the connection dies before the reply
-            lost = ConnectionError("reply lost")
-            raise DBAPIError("claim", {}, lost, connection_invalidated=True)
-        return result
+    def counted(rt_: Any, msg: RunJobStep, *, again: bool = False) -> Any:
+        tries.append((again, rt.leases.holders(msg.job_id)))
+        return real(rt_, msg, again=again)
 
+    def reply_lost(fn: Any) -> Any:
+        """``fn``'s write lands, then its connection dies before the reply (once)."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = fn(*args, **kwargs)
+            if result is not None and not lost:
+                lost.append(True)
+                lost_reply = ConnectionError("reply lost")
+                raise DBAPIError("claim", {}, lost_reply, connection_invalidated=True)
+            return result
+
+        return wrapper
+
+    lost: list[bool] = []
+    monkeypatch.setattr(runner, "claim_step", counted)
+    if rt.one_statement:  # PostgreSQL: inside the statement, on the thread's connection
+        monkeypatch.setattr(hotpath, "claim_hinted", reply_lost(hotpath.claim_hinted))
+        monkeypatch.setattr(hotpath, "take_lease", reply_lost(hotpath.take_lease))
+    else:  # SQLite: the claim's transaction committed, the reply was lost
+        monkeypatch.setattr(runner, "claim_step", reply_lost(counted))
     job_id = submit(client, job_type, payload)
-    monkeypatch.setattr(runner, "claim_step", reply_lost)
     done = runner.run_job_step(rt, _first_message(dev_system, job_id))
-    monkeypatch.setattr(runner, "claim_step", real)
-    assert tries == [(False, "Claim"), (True, "Claim")]
+    monkeypatch.undo()
+    # Both tries ran with the job held by this thread alone (from before the claim).
+    assert tries == [(False, 1), (True, 1)]
+    assert rt.leases.holders(uuid.UUID(job_id)) == 0
     assert isinstance(done, outcome.Outcome)
     assert done.kind in ("completed", "next")
     rows = attempts(dev_system, job_id)
@@ -237,6 +256,7 @@ def check_a_claim_run_again_finds_its_own_lease(
     assert isinstance(refused, ledger.Refusal)
     assert refused.reason == "leased by another attempt"
     try:  # only this thread now
+        before = _lease_until(dev_system, first.job_id)
         mine = ledger.claim_step(rt, msg, again=True)
         assert isinstance(mine, ledger.Claim)
         assert (mine.attempt_key, mine.attempt, mine.step_index, mine.run) == (
@@ -246,9 +266,33 @@ def check_a_claim_run_again_finds_its_own_lease(
             first.run,
         )
         assert mine.outputs == first.outputs
+        assert _lease_until(dev_system, first.job_id) > before, "the lease was extended"
         # Not a second run: the first try's claim stands alone as written.
         assert isinstance(ledger.claim_step(rt, msg), ledger.Refusal)
         assert outcome.complete_step(rt, mine, {"ok": True}, 1.0).kind in ("completed", "next")
     finally:
         rt.leases.release(first.job_id)
     assert len(attempts(dev_system, other)) == 1
+
+    # A lease that expired meanwhile is not taken as this try's: another worker may be
+    # taking the job over (here the run again records the attempt lost, as any would).
+    third = submit(client, job_type, payload)
+    msg = _first_message(dev_system, third)
+    taken = ledger.claim_step(rt, msg)
+    assert isinstance(taken, ledger.Claim)
+    with Session(dev_system.engine) as s:
+        job = s.get(Job, taken.job_id)
+        assert job is not None
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)
+        s.add(job)
+        s.commit()
+    again = ledger.claim_step(rt, msg, again=True)
+    assert not (isinstance(again, ledger.Claim) and again.attempt_key == taken.attempt_key)
+
+
+def _lease_until(system: DevSystem, job_id: uuid.UUID) -> datetime:
+    with Session(system.engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert job.lease_expires_at is not None
+        return job.lease_expires_at

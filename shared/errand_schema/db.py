@@ -131,12 +131,15 @@ class HeldConnections:
     autocommit, for as long as its statements succeed; any exception in its use (a
     dead connection above all: :func:`once_more_on_disconnect` then runs again on a new
     one) closes it and the thread's next use takes another. Nothing is ever left open
-    on it between uses: every statement commits by itself.
+    on it between uses: every statement commits by itself. A thread keeps it while it
+    runs its step and any transaction (which takes a pooled connection), so a worker
+    process needs up to two connections per thread (``errand_worker.boot`` sizes its
+    pool so).
 
     A held connection is not pinged (it was used by the thread's last job): after a
     database restart its next statement fails and is run once more, as a pooled
     connection used within ``PING_IDLE_S`` would. :meth:`close` closes every held
-    connection (the runtime's shutdown; threads that ended leave theirs here).
+    connection (``errand dev``'s shutdown, tests; a worker process's exit closes its own).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -149,58 +152,75 @@ class HeldConnections:
 
     @contextmanager
     def use(self) -> Iterator[Connection]:
-        """Yield this thread's connection (a pooled one of its own when it has none,
-        or is using it already further up its stack, or after :meth:`close`)."""
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and (conn.closed or conn.invalidated):
-            self._forget(conn)
-            conn = None
-        if conn is None and not self._closed:
-            conn = self._engine.connect()
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            with self._lock:
-                self._all.add(conn)
-            self._local.conn = conn
-        if conn is None or conn in self._busy:
+        """Yield this thread's connection (a pooled one of its own when the thread is
+        using its connection already further up its stack, or after :meth:`close`)."""
+        conn = self._take()
+        if conn is None:
             with autocommit_connection(self._engine) as own:
                 yield own
             return
-        with self._lock:
-            self._busy.add(conn)
         try:
             yield conn
             if conn.in_transaction():  # only SQLAlchemy's marker: autocommit
                 conn.commit()
         except BaseException:
-            self._forget(conn)
+            self._drop(conn)
             raise
-        finally:
-            with self._lock:
-                self._busy.discard(conn)
-        if self._closed:  # closed while this thread used it: its thread closes it
-            self._forget(conn)
+        with self._lock:
+            self._busy.discard(conn)
+            closing = self._closed
+        if closing:  # closed while this thread used it: its thread closes it
+            self._drop(conn)
 
-    def _forget(self, conn: Connection) -> None:
+    def _take(self) -> Connection | None:
+        """This thread's connection marked busy (a new one if it has none or its own
+        broke); None when it must use a pooled one."""
+        mine: Connection | None = getattr(self._local, "conn", None)
+        with self._lock:
+            if self._closed or (mine is not None and mine in self._busy):
+                return None
+            if mine is not None and mine in self._all and not (mine.closed or mine.invalidated):
+                self._busy.add(mine)
+                return mine
+        if mine is not None:
+            self._drop(mine)
+        conn = self._engine.connect()
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._all.add(conn)
+                self._busy.add(conn)
+        if closed:
+            _close_quietly(conn)
+            return None
+        self._local.conn = conn
+        return conn
+
+    def _drop(self, conn: Connection) -> None:
+        """Forget and close this thread's connection."""
         self._local.conn = None
         with self._lock:
             self._all.discard(conn)
-        try:
-            conn.close()
-        except Exception:  # already broken: its pool record is invalidated anyway
-            logger.debug("closing a held connection failed", exc_info=True)
+            self._busy.discard(conn)
+        _close_quietly(conn)
 
     def close(self) -> None:
         """Close every held connection not in use now (one in use is closed by its
         thread when the use ends); uses after this take pooled ones."""
         with self._lock:
             self._closed = True
-            held = [c for c in self._all if c not in self._busy]
-            self._all -= set(held)
-        for conn in held:
-            try:
-                conn.close()
-            except Exception:
-                logger.debug("closing a held connection failed", exc_info=True)
+            idle = [c for c in self._all if c not in self._busy]
+            self._all.difference_update(idle)
+        for conn in idle:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # already broken: its pool record is invalidated anyway
+        logger.debug("closing a held connection failed", exc_info=True)
 
 
 def once_more_on_disconnect(work: Callable[[], T], then: Callable[[], T] | None = None) -> T:

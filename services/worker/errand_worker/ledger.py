@@ -9,7 +9,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -144,7 +144,7 @@ def _claim_general(
     now = utcnow()
     if job.lease_owner is not None:
         assert job.lease_expires_at is not None
-        own = _own_claim(rt, s, job, msg) if again else None
+        own = _own_claim(rt, s, job, msg, now) if again else None
         if own is not None:
             return own
         if job.lease_expires_at > now:
@@ -232,7 +232,9 @@ def _claim_usual(
     return claim
 
 
-def _own_claim(rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep) -> Claim | None:
+def _own_claim(
+    rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep, now: datetime
+) -> Claim | None:
     """The claim a first try wrote when its reply was lost with its connection, or None.
 
     The one-statement claims commit by themselves, so a reply lost after the commit
@@ -242,15 +244,20 @@ def _own_claim(rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep) -> Clai
     on the message's very step and attempt of the current run, that attempt's row is
     this worker's and still open, and no other thread of this process holds the job
     (the runner holds it from before its claim, so a duplicate message's thread, whose
-    claim found the lease taken, never takes it for its own). Only for types the
-    one-statement claims take (no breaker, no concurrency limit: those hold a slot or
-    report to a breaker that the claim's transaction arranged).
+    claim found the lease taken, never takes it for its own; every worker process has
+    a name of its own, :func:`errand_worker.settings.per_process`). The lease must not
+    have expired (another worker may be taking the job over) and is extended here, in
+    the transaction that holds the row. Only for types the one-statement claims take
+    (no breaker, no concurrency limit: those hold a slot or report to a breaker that
+    the claim's transaction arranged).
 
     The events the first try wrote are in the job's table and were not published;
-    subscribers catch up from the table (the notifier's sweep).
+    a job's subscribers catch up from the table (the notifier's sweep).
     """
     if (
         job.lease_owner != rt.worker
+        or job.lease_expires_at is None
+        or job.lease_expires_at <= now
         or job.status != JobStatus.RUNNING
         or job.step_index != msg.step_index
         or job.attempt != msg.attempt
@@ -283,6 +290,7 @@ def _own_claim(rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep) -> Clai
     if job.step_index >= len(plan) or job.step_index >= len(rows):
         return None
     outputs = {r.name: r.output for r in rows[: job.step_index]}
+    job.lease_expires_at = now + timedelta(seconds=rt.lease_s)
     claim = _claim(rt, job.id, job, spec, payload, plan, job.attempt, outputs)
     claim.attempt_id = attempt.id
     claim.invalid_payload = invalid

@@ -43,6 +43,7 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
     # Held from before the claim: a claim run again after a lost reply takes a lease of
     # this worker's for its own only when no other thread of this process holds the job.
     rt.leases.hold(msg.job_id)
+    held = True
     try:
         claim = once_more_on_disconnect(
             lambda: claim_step(rt, msg), lambda: claim_step(rt, msg, again=True)
@@ -65,6 +66,8 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
                 _send_next(rt, outcome)
         finally:
             running.dec()
+            rt.leases.release(msg.job_id)
+            held = False
             if claim.slot is not None and rt.gates is not None:
                 rt.gates.release_slot(claim.slot)
         _report_to_breaker(rt, claim, outcome)
@@ -73,7 +76,8 @@ def run_job_step(rt: WorkerRuntime, msg: RunJobStep) -> Outcome | Refusal:
             metrics.OUTCOME_COUNTERS[outcome.kind].labels(*labels).inc()
         return outcome
     finally:
-        rt.leases.release(msg.job_id)
+        if held:  # refused, or the claim failed
+            rt.leases.release(msg.job_id)
         log_context.reset(token)
 
 

@@ -90,6 +90,26 @@ def get_settings() -> WorkerSettings:
     return WorkerSettings()
 
 
+def per_process(settings: WorkerSettings) -> WorkerSettings:
+    """The settings of one Dramatiq worker process: a ``worker_name`` of its own.
+
+    The supervisor reads the settings before Dramatiq forks the worker processes, so
+    each inherited the supervisor's ``host:pid`` (or the one name ``ERRAND_WORKER_NAME``
+    gives them all). A process's leases must be its own: a claim run again after its
+    reply was lost takes a lease of its own name for its own write, and the capacity
+    each process announces for the estimates is keyed by the name. The default becomes
+    this process's ``host:pid``; a name set by hand gets ``/pid`` when several
+    processes share it.
+    """
+    if "worker_name" not in settings.model_fields_set:
+        name = _default_worker_name()
+    elif settings.processes > 1:
+        name = f"{settings.worker_name}/{os.getpid()}"
+    else:
+        return settings
+    return settings.model_copy(update={"worker_name": name})
+
+
 def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
     """Return the environment the Dramatiq CLI runs with (``errand worker``).
 

@@ -221,17 +221,38 @@ def check_a_claim_run_again_finds_its_own_lease(
         return wrapper
 
     lost: list[bool] = []
+    published: list[Any] = []
+    publish = rt.events.publish
+
+    def recorded(batch: Any) -> None:
+        batch = list(batch)
+        if not rt.one_statement and not lost and any(e.type == "step" for e in batch):
+            # SQLite: the claim's transaction committed, then the reply was lost (the
+            # events, published after the commit, were not)
+            lost.append(True)
+            gone = ConnectionError("reply lost")
+            raise DBAPIError("COMMIT", {}, gone, connection_invalidated=True)
+        published.extend(batch)
+        publish(batch)
+
     monkeypatch.setattr(runner, "claim_step", counted)
+    monkeypatch.setattr(rt.events, "publish", recorded)
     if rt.one_statement:  # PostgreSQL: inside the statement, on the thread's connection
         monkeypatch.setattr(hotpath, "claim_hinted", reply_lost(hotpath.claim_hinted))
         monkeypatch.setattr(hotpath, "take_lease", reply_lost(hotpath.take_lease))
-    else:  # SQLite: the claim's transaction committed, the reply was lost
-        monkeypatch.setattr(runner, "claim_step", reply_lost(counted))
     job_id = submit(client, job_type, payload)
     done = runner.run_job_step(rt, _first_message(dev_system, job_id))
     monkeypatch.undo()
     # Both tries ran with the job held by this thread alone (from before the claim).
     assert tries == [(False, 1), (True, 1)]
+    assert lost == [True]
+    # The first try's events, written but never published, were published once.
+    mine = [(e.type, (e.data or {}).get("state")) for e in published if str(e.job_id) == job_id]
+    assert mine.count(("started", None)) == 1
+    assert mine.count(("step", "started")) == 1
+    assert [e.seq for e in published if str(e.job_id) == job_id] == sorted(
+        e.seq for e in published if str(e.job_id) == job_id
+    )
     assert rt.leases.holders(uuid.UUID(job_id)) == 0
     assert isinstance(done, outcome.Outcome)
     assert done.kind in ("completed", "next")

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from errand_schema.events import EventType, JobEventMessage
 from errand_schema.messages import RunJobStep
-from errand_schema.models import Job, JobAttempt, JobStep, utcnow
+from errand_schema.models import Job, JobAttempt, JobEvent, JobStep, utcnow
 from errand_schema.retry import RetryPolicy
 from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
 from errand_schema.transition import append_event, event_messages, lock_job, transition_job
@@ -144,7 +144,7 @@ def _claim_general(
     now = utcnow()
     if job.lease_owner is not None:
         assert job.lease_expires_at is not None
-        own = _own_claim(rt, s, job, msg, now) if again else None
+        own = _own_claim(rt, s, events, job, msg, now) if again else None
         if own is not None:
             return own
         if job.lease_expires_at > now:
@@ -233,7 +233,12 @@ def _claim_usual(
 
 
 def _own_claim(
-    rt: WorkerRuntime, s: Session, job: Job, msg: RunJobStep, now: datetime
+    rt: WorkerRuntime,
+    s: Session,
+    events: list[JobEventMessage],
+    job: Job,
+    msg: RunJobStep,
+    now: datetime,
 ) -> Claim | None:
     """The claim a first try wrote when its reply was lost with its connection, or None.
 
@@ -251,8 +256,9 @@ def _own_claim(
     (no breaker, no concurrency limit: those hold a slot or report to a breaker that
     the claim's transaction arranged).
 
-    The events the first try wrote are in the job's table and were not published;
-    a job's subscribers catch up from the table (the notifier's sweep).
+    The events the first try wrote (its ``step`` started and, from a queued or
+    retrying job, the move to running) are in the job's table but were never
+    published: they are published now (:func:`_first_try_events`).
     """
     if (
         job.lease_owner != rt.worker
@@ -291,11 +297,43 @@ def _own_claim(
         return None
     outputs = {r.name: r.output for r in rows[: job.step_index]}
     job.lease_expires_at = now + timedelta(seconds=rt.lease_s)
+    events.extend(_first_try_events(s, job))
     claim = _claim(rt, job.id, job, spec, payload, plan, job.attempt, outputs)
     claim.attempt_id = attempt.id
     claim.invalid_payload = invalid
     logger.info("claim found written by its first try (reply lost); running the step")
     return claim
+
+
+def _first_try_events(s: Session, job: Job) -> list[JobEventMessage]:
+    """The events a claim wrote last for ``job`` (its lease still held, nothing else
+    written since): the ``step`` started of its attempt, after the move to running
+    when it made that move."""
+    last = s.exec(
+        select(JobEvent)
+        .where(col(JobEvent.job_id) == job.id, col(JobEvent.seq) <= job.seq)
+        .order_by(col(JobEvent.seq).desc())
+        .limit(2)
+    ).all()
+    data = (last[0].data or {}) if last else {}
+    if not (
+        last
+        and last[0].seq == job.seq
+        and last[0].type == EventType.STEP
+        and data.get("state") == "started"
+        and data.get("attempt") == job.attempt
+        and data.get("index") == job.step_index
+    ):
+        return []
+    rows = [last[0]]
+    if (
+        len(last) == 2
+        and last[1].seq == job.seq - 1
+        and last[1].status == JobStatus.RUNNING
+        and last[1].from_status != JobStatus.RUNNING
+    ):
+        rows.insert(0, last[1])
+    return [JobEventMessage.from_row(row, job.owner_id) for row in rows]
 
 
 def _claim_hinted(

@@ -2,9 +2,11 @@
 
 from datetime import datetime
 
+import pytest
 from fastapi.testclient import TestClient
 
 from errand.dev import DevSystem
+from errand_schema import estimates
 
 from inprocess import events, submit, wait_status
 
@@ -12,6 +14,15 @@ from inprocess import events, submit, wait_status
 #: own duration; the claim and completion around it (tens of milliseconds, more under a
 #: loaded CI with coverage) are the error, so the nap must dwarf them as real jobs do.
 NAP_S = 0.6
+
+
+@pytest.fixture(autouse=True)
+def _history_read_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A type's incomplete history is read again on every request here. In service it
+    is read again after 20x its read's duration, which a loaded CI machine stretches to
+    seconds (the first jobs' history then shows late); that policy has its own tests
+    (tests/integration/test_estimator_reads.py), these are about the estimates."""
+    monkeypatch.setattr(estimates, "REREAD_FACTOR", 0.0)
 
 
 def _at(value: str) -> datetime:

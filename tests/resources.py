@@ -123,6 +123,12 @@ def kill_pooled_backend(engine: Engine) -> int:
     """Terminate the backend of the pool's connection (the server side of a restart);
     return its pid once it is gone."""
     pid = backend_pid(engine)
+    terminate_backend(pid)
+    return pid
+
+
+def terminate_backend(pid: int) -> None:
+    """Terminate PostgreSQL backend ``pid`` and wait until it is gone."""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
@@ -133,4 +139,3 @@ def kill_pooled_backend(engine: Engine) -> int:
             return row is not None and row[0] == 0
 
         wait_for(gone, 10, what="the backend to exit")
-    return pid

@@ -3,17 +3,17 @@ use and replaced if the server closed it; one used a moment ago is not pinged, a
 that meets it dead runs once more on a new connection."""
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from errand_schema import db
 
-from helpers import wait_for
-from resources import PG_ADMIN_DSN, backend_pid, kill_pooled_backend
+from resources import backend_pid, kill_pooled_backend, terminate_backend
 
 pytestmark = pytest.mark.integration
 
@@ -91,88 +91,74 @@ def _held_pid(held: db.HeldConnections) -> int:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
-def _terminate(pid: int) -> None:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+@pytest.fixture
+def pool_engine(postgres_database: str) -> Iterator[Engine]:
+    """A small engine of the test's own."""
+    engine = db.create_db_engine(postgres_database, pool_size=2)
+    yield engine
+    engine.dispose()
 
-        def gone() -> bool:
-            row = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
-            ).fetchone()
-            return row is not None and row[0] == 0
 
-        wait_for(gone, 10, what="the backend to exit")
+@pytest.fixture
+def held(pool_engine: Engine) -> Iterator[db.HeldConnections]:
+    """Held connections of ``pool_engine``, closed after the test."""
+    connections = db.HeldConnections(pool_engine)
+    yield connections
+    connections.close()
 
 
 def test_a_thread_keeps_its_autocommit_connection_between_statements(
-    postgres_database: str,
+    pool_engine: Engine, held: db.HeldConnections
 ) -> None:
-    engine = db.create_db_engine(postgres_database, pool_size=2)
-    held = db.HeldConnections(engine)
     checkouts: list[int] = []
-    event.listen(engine, "checkout", lambda *_a: checkouts.append(1))
-    try:
-        first = _held_pid(held)
-        assert [_held_pid(held) for _ in range(5)] == [first] * 5
-        assert checkouts == [1], "taken from the pool once"
-        with held.use() as conn:
-            assert conn.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
-            conn.execute(text("SELECT 1"))
-            # Nothing left open on the server: every statement commits by itself.
-            dbapi = conn.connection.dbapi_connection
-            assert dbapi is not None
-            assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            # Nested in the same thread: another connection, not the one in use.
-            with held.use() as inner:
-                assert inner is not conn
-        # Another thread: its own connection.
-        pids: list[int] = []
-        thread = threading.Thread(target=lambda: pids.append(_held_pid(held)))
-        thread.start()
-        thread.join(10)
-        assert len(pids) == 1
-        assert pids[0] != first
-    finally:
-        held.close()
-        engine.dispose()
+    event.listen(pool_engine, "checkout", lambda *_a: checkouts.append(1))
+    first = _held_pid(held)
+    assert [_held_pid(held) for _ in range(5)] == [first] * 5
+    assert checkouts == [1], "taken from the pool once"
+    with held.use() as conn:
+        assert conn.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
+        conn.execute(text("SELECT 1"))
+        # Nothing left open on the server: every statement commits by itself.
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # Nested in the same thread: another connection, not the one in use.
+        with held.use() as inner:
+            assert inner is not conn
+    # Another thread: its own connection.
+    pids: list[int] = []
+    thread = threading.Thread(target=lambda: pids.append(_held_pid(held)))
+    thread.start()
+    thread.join(10)
+    assert len(pids) == 1
+    assert pids[0] != first
 
 
 def test_a_held_connection_that_died_is_replaced_and_the_work_runs_once_more(
-    postgres_database: str,
+    held: db.HeldConnections,
 ) -> None:
-    engine = db.create_db_engine(postgres_database, pool_size=2)
-    held = db.HeldConnections(engine)
     runs: list[int] = []
 
     def work() -> int:
         runs.append(1)
         return _held_pid(held)
 
-    try:
-        killed = _held_pid(held)
-        _terminate(killed)  # the server side of a database restart
-        again = db.once_more_on_disconnect(work)
-        assert len(runs) == 2, "the first run met the dead connection"
-        assert again != killed
-        assert _held_pid(held) == again, "the new one is held from now on"
-    finally:
-        held.close()
-        engine.dispose()
+    killed = _held_pid(held)
+    terminate_backend(killed)  # the server side of a database restart
+    again = db.once_more_on_disconnect(work)
+    assert len(runs) == 2, "the first run met the dead connection"
+    assert again != killed
+    assert _held_pid(held) == again, "the new one is held from now on"
 
 
 def test_closing_closes_the_held_connections_and_later_uses_take_pooled_ones(
-    postgres_database: str,
+    held: db.HeldConnections,
 ) -> None:
-    engine = db.create_db_engine(postgres_database, pool_size=2)
-    held = db.HeldConnections(engine)
-    try:
-        with held.use() as conn:
-            held.close()  # while in use: its thread closes it when the use ends
-            assert not conn.closed
-        assert conn.closed
-        with held.use() as later:
-            assert later is not conn
-            assert later.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
-        assert later.closed, "back to the pool after its use"
-    finally:
-        engine.dispose()
+    with held.use() as conn:
+        held.close()  # while in use: its thread closes it when the use ends
+        assert not conn.closed
+    assert conn.closed
+    with held.use() as later:
+        assert later is not conn
+        assert later.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
+    assert later.closed, "back to the pool after its use"

@@ -284,13 +284,9 @@ def _own_claim(
     ).first()
     if attempt is None or attempt.worker != rt.worker or attempt.outcome != "running":
         return None
-    invalid = None
-    try:
-        payload = spec.payload.model_validate(job.payload)
-    except ValidationError as exc:
-        if spec.planner:  # its plan needs the payload (only a hinted claim gets here)
-            return None
-        payload, invalid = spec.payload.model_construct(), str(exc)
+    payload, invalid = _payload(spec, job.payload)
+    if invalid is not None and spec.planner:  # its plan needs the payload
+        return None
     plan = spec.plan(payload) if invalid is None else list(spec.steps)
     rows = _step_rows(s, job.id, plan)
     if job.step_index >= len(plan) or job.step_index >= len(rows):
@@ -378,15 +374,20 @@ def _claim_hinted(
         return None
     job = taken.job
     events.extend(event_messages(job.owner_id, taken.rows))
-    invalid = None
-    try:
-        payload = spec.payload.model_validate(job.payload)
-    except ValidationError as exc:
-        payload, invalid = spec.payload.model_construct(), str(exc)
+    payload, invalid = _payload(spec, job.payload)
     claim = _claim(rt, msg.job_id, job, spec, payload, plan, msg.attempt, taken.outputs)
     claim.attempt_id = taken.attempt_id
     claim.invalid_payload = invalid
     return claim
+
+
+def _payload(spec: JobTypeSpec, raw: Any) -> tuple[BaseModel, str | None]:
+    """The job's payload as this worker's model reads it, or an empty one and why the
+    model refuses it (a claim already written fails such a job for good)."""
+    try:
+        return spec.payload.model_validate(raw), None
+    except ValidationError as exc:
+        return spec.payload.model_construct(), str(exc)
 
 
 def _start(

@@ -8,6 +8,7 @@ from sqlmodel import Session, func, select
 
 from errand.dev import DevSystem
 from errand_schema.models import Job
+from errand_schema.views import JobPublic
 
 
 def _job_count(system: DevSystem) -> int:
@@ -89,6 +90,11 @@ def test_accepted_job_is_202_with_location_and_a_queued_message(
     assert resp.status_code == 202, resp.text
     job = resp.json()
     assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
+    # Built by the route itself (errand_api.routes.jobs.as_json): the same document and
+    # headers FastAPI would have sent for its response_model
+    assert resp.headers["content-type"] == "application/json"
+    assert int(resp.headers["RateLimit-Remaining"]) >= 0
+    assert JobPublic.model_validate(job).model_dump(mode="json", by_alias=True) == job
     assert job["status"] == "queued"
     assert job["priority"] == "high"
     assert job["seq"] == 1

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -55,13 +56,14 @@ def submit_job(
     services: ServicesDep,
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JobPublic:
+) -> JobPublic | Response:
     """Submit a job; it is queued at once and followed by its id.
 
     With an ``Idempotency-Key`` header, the same key and body return the same job for
     24 hours (a different body is a 409).
     """
-    body_hash = request_hash(body.model_dump(mode="json"))
+    # The body's hash only matters with a key (about 1.5% of a plain submission's CPU).
+    body_hash = request_hash(body.model_dump(mode="json")) if idempotency_key else ""
     if idempotency_key:
         existing = find_job_for_key(session, principal.user_id, idempotency_key, body_hash)
         if existing is not None:
@@ -102,7 +104,7 @@ def submit_job(
         response.status_code = status.HTTP_200_OK
         response.headers["Errand-Deduplicated"] = "true"
         settle(services, session)
-        return job_public(job, created.steps)
+        return as_json(job_public(job, created.steps), response)
     services.events.publish([created.event] if created.event else [])
     publish_admitted(services, session, admitted)
     settle(services, session)
@@ -113,7 +115,7 @@ def submit_job(
     # teardown, which runs one request at a time (a broker outage queued requests there
     # until the pool ran dry and un-admissions failed).
     session.commit()
-    return view
+    return as_json(view, response)
 
 
 @router.post(
@@ -205,6 +207,23 @@ def get_job(
     found = read_job_public(session, job_id, masked=job.owner_id != principal.user_id)
     assert found is not None
     return estimated(services, session, job, found[1])
+
+
+def as_json(model: BaseModel, response: Response, status_code: int = 202) -> Response:
+    """``model`` sent as FastAPI sends a route's ``response_model``, with the headers
+    and status set on ``response`` (``status_code`` when none was set).
+
+    FastAPI validates a sync route's returned model once more, on a thread hop of its
+    own, before it serializes it: about 5% of the API's CPU per submission
+    (bench/README.md). A model built here is already valid.
+    """
+    out = Response(
+        content=model.model_dump_json(by_alias=True),
+        status_code=response.status_code or status_code,
+        media_type="application/json",
+    )
+    out.headers.raw.extend(response.headers.raw)
+    return out
 
 
 def estimated(

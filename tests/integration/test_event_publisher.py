@@ -222,3 +222,27 @@ def test_a_large_batch_arrives_whole_in_order_and_the_stream_is_trimmed(
     # Trimmed to about maxlen (approximately: whole nodes of the stream at a time).
     assert 100 <= len(written) < 1000
     assert written == list(range(1001 - len(written), 1001))
+
+
+def test_the_writers_connection_killed_in_between_is_made_again(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers()
+    job_id = uuid.uuid4()
+    publisher.publish([_event(job_id, 1)])
+    assert publisher.flush(10)
+    # The batches go over the publisher's own connection (not the pool's, per batch)
+    own = publisher._own
+    assert own is not None
+    before = publishers.client.client_list()
+    publishers.client.client_kill_filter(_id=own.client_id())
+    assert len(publishers.client.client_list()) == len(before) - 1
+    for seq in range(2, 6):
+        publisher.publish([_event(job_id, seq)])
+        assert publisher.flush(10)
+    assert [e.seq for e in publishers.stream()] == [1, 2, 3, 4, 5]
+    # Closing hands it back; a publish after the close takes one again
+    publisher.close()
+    assert publisher._own is None
+    publisher.publish([_event(job_id, 6)])
+    assert [e.seq for e in publishers.stream()] == [1, 2, 3, 4, 5, 6]

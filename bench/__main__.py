@@ -8,7 +8,16 @@ import sys
 import time
 import traceback
 
+import psutil
+
 from bench.report import Result, render, save, table, target_rows
+
+#: A scenario after another starts once the CPUs are at most this busy (percent over a
+#: second), or after :data:`QUIET_WAIT_S`: the previous one's processes wind down, and
+#: RabbitMQ and PostgreSQL finish what it left them (a vhost's queues deleted, a dropped
+#: database's checkpoint), in their own time rather than in the next one's numbers.
+QUIET_PERCENT = 20.0
+QUIET_WAIT_S = 20.0
 
 #: ``make bench`` runs these, in this order.
 ALL = ["enqueue", "drain", "multistep", "latency", "notifier", "memory", "recovery"]
@@ -27,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     crashed: list[str] = []
     started = time.monotonic()
-    for name in names:
+    for i, name in enumerate(names):
         print(f"== {name}", file=sys.stderr, flush=True)
+        quiet = wait_quiet() if i else None
         module = importlib.import_module(f"bench.scenarios.{name}")
         t0 = time.monotonic()
         try:
@@ -44,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             produced = [Result(name, notes=["crashed: see the traceback above"])]
         for result in produced:
             result.wall_s = time.monotonic() - t0
+            if quiet is not None:
+                waited, busy = quiet
+                result.notes.append(
+                    f"started after {waited:.0f} s waiting for quiet CPUs ({busy:.0f}% busy)"
+                )
             result.load.append(round(os.getloadavg()[0], 2))
             print(render(result), flush=True)
             print(flush=True)
@@ -56,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         path = save(results, "bench" if names == ALL else "-".join(names))
         print(f"\nresults: {path}")
     return 1 if crashed else 0
+
+
+def wait_quiet() -> tuple[float, float]:
+    """Wait (bounded) until the CPUs are quiet; return the seconds waited and how busy
+    they were in the last second."""
+    started = time.monotonic()
+    busy = psutil.cpu_percent(interval=1.0)
+    while busy > QUIET_PERCENT and time.monotonic() - started < QUIET_WAIT_S:
+        busy = psutil.cpu_percent(interval=1.0)
+    return time.monotonic() - started, busy
 
 
 if __name__ == "__main__":

@@ -97,11 +97,12 @@ def step_gaps(res: Resources) -> list[float]:
     return [float(str(r[0])) for r in rows]
 
 
-def submit_to_start(res: Resources) -> list[float]:
-    """Seconds from ``created_at`` to ``started_at`` of every started job."""
+def submit_to_start(res: Resources, job_ids: list[str]) -> list[float]:
+    """Seconds from ``created_at`` to ``started_at`` of each of these jobs that started."""
     rows = res.sql(
         "SELECT extract(epoch FROM (started_at - created_at))::float8 FROM jobs"
-        " WHERE started_at IS NOT NULL"
+        " WHERE started_at IS NOT NULL AND id = ANY(%s::uuid[])",
+        job_ids,
     )
     return [float(str(r[0])) for r in rows]
 

@@ -221,6 +221,7 @@ class BackgroundEventPublisher(EventPublisher):
         if closed:
             with self._writing:
                 self._append(entries)
+                self._release()
         self._report_drops()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
@@ -254,9 +255,14 @@ class BackgroundEventPublisher(EventPublisher):
         self._thread.join(timeout_s)
         with self._writing:
             self._write_pending()  # published between the flush and the flag
-            if self._own is not None:  # back to the pool (a later publish takes it again)
-                self._own.close()
-                self._own = None
+            self._release()
+
+    def _release(self) -> None:
+        """Hand the writes' own connection back to the pool (the caller holds
+        ``_writing``; a later write takes one again)."""
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     def _append(self, entries: list[str]) -> None:
         """Append ``entries`` on this publisher's own connection (the caller holds

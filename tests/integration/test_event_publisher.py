@@ -6,7 +6,7 @@ nor fails the publisher."""
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
+from errand_schema import events
 from errand_schema.events import (
     BackgroundEventPublisher,
     EventType,
@@ -77,28 +78,43 @@ def publishers(prefix: str) -> Iterator[Publishers]:
         publisher.close(timeout_s=1)
 
 
-class HeldWriter:
-    """A Redis client whose writer thread's appends wait until ``release`` (the test's
-    stand-in for a slow or hung Redis); appends from other threads go through."""
+class Gate:
+    """Holds the writer thread's appends until ``released`` (the test's stand-in for a
+    slow or hung Redis); appends from other threads go through."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self) -> None:
         self.released = threading.Event()
         self.held = threading.Event()
 
+    def pass_(self) -> None:
+        if threading.current_thread().name == "errand-events":
+            self.held.set()
+            self.released.wait(30)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """A :class:`Gate` on the publishers' own connections (the path the worker takes)."""
+    made = Gate()
+
+    class HeldRedis(redis.Redis):
+        def eval(self, *args: Any, **kwargs: Any) -> Any:
+            made.pass_()
+            return super().eval(*args, **kwargs)
+
+    monkeypatch.setattr(events, "Redis", HeldRedis)
+    yield made
+    made.released.set()
+
+
+class PipelineOnly:
+    """A client with nothing but ``pipeline`` (no connection pool to take one from)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
     def pipeline(self, transaction: bool = False) -> Any:
-        pipe = self._client.pipeline(transaction=transaction)
-        execute: Callable[[], Any] = pipe.execute
-        gate = self
-
-        def held_execute() -> Any:
-            if threading.current_thread().name == "errand-events":
-                gate.held.set()
-                gate.released.wait(30)
-            return execute()
-
-        pipe.execute = held_execute
-        return pipe
+        return self._client.pipeline(transaction=transaction)
 
 
 def test_events_from_many_threads_arrive_in_each_threads_order(
@@ -151,10 +167,10 @@ class WatchingBroker(StubBroker):
 
 
 def test_a_step_message_is_sent_after_the_events_before_it_are_in_the_stream(
-    publishers: Publishers, sqlite_engine: Engine
+    publishers: Publishers, sqlite_engine: Engine, gate: Gate
 ) -> None:
-    slow = HeldWriter(publishers.client)
-    publisher = publishers(slow)
+    slow = gate
+    publisher = publishers()
     broker = WatchingBroker(publishers)
     broker.declare_queue("default")
 
@@ -177,10 +193,10 @@ def test_a_step_message_is_sent_after_the_events_before_it_are_in_the_stream(
 
 
 def test_a_hung_redis_neither_blocks_publishing_nor_floods_the_log(
-    publishers: Publishers, caplog: pytest.LogCaptureFixture
+    publishers: Publishers, caplog: pytest.LogCaptureFixture, gate: Gate
 ) -> None:
-    hung = HeldWriter(publishers.client)
-    publisher = publishers(hung, max_pending=10)
+    hung = gate
+    publisher = publishers(max_pending=10)
     job_id = uuid.uuid4()
     publisher.publish([_event(job_id, 1)])
     assert hung.held.wait(10), "the writer thread is stuck in its append"
@@ -234,15 +250,28 @@ def test_the_writers_connection_killed_in_between_is_made_again(
     # The batches go over the publisher's own connection (not the pool's, per batch)
     own = publisher._own
     assert own is not None
-    before = publishers.client.client_list()
-    publishers.client.client_kill_filter(_id=own.client_id())
-    assert len(publishers.client.client_list()) == len(before) - 1
+    own_id = str(own.client_id())
+    publishers.client.client_kill_filter(_id=own_id)
+    assert own_id not in {str(c["id"]) for c in publishers.client.client_list()}
     for seq in range(2, 6):
         publisher.publish([_event(job_id, seq)])
         assert publisher.flush(10)
     assert [e.seq for e in publishers.stream()] == [1, 2, 3, 4, 5]
-    # Closing hands it back; a publish after the close takes one again
+    # Closing hands it back; a publish after the close takes one for its write only
     publisher.close()
     assert publisher._own is None
     publisher.publish([_event(job_id, 6)])
+    assert publisher._own is None
     assert [e.seq for e in publishers.stream()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_client_without_a_pool_is_written_through_its_pipeline(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers(PipelineOnly(publishers.client))
+    job_id = uuid.uuid4()
+    for seq in range(1, 4):
+        publisher.publish([_event(job_id, seq)])
+    assert publisher.flush(10)
+    assert publisher._own is None
+    assert [e.seq for e in publishers.stream()] == [1, 2, 3]

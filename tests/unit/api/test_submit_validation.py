@@ -93,6 +93,7 @@ def test_accepted_job_is_202_with_location_and_a_queued_message(
     # Built by the route itself (errand_api.routes.jobs.as_json): the same document and
     # headers FastAPI would have sent for its response_model
     assert resp.headers["content-type"] == "application/json"
+    assert resp.headers.get_list("content-length") == [str(len(resp.content))]
     assert int(resp.headers["RateLimit-Remaining"]) >= 0
     assert JobPublic.model_validate(job).model_dump(mode="json", by_alias=True) == job
     assert job["status"] == "queued"

@@ -104,7 +104,7 @@ def submit_job(
         response.status_code = status.HTTP_200_OK
         response.headers["Errand-Deduplicated"] = "true"
         settle(services, session)
-        return as_json(job_public(job, created.steps), response)
+        return as_json(job_public(job, created.steps), response, status.HTTP_202_ACCEPTED)
     services.events.publish([created.event] if created.event else [])
     publish_admitted(services, session, admitted)
     settle(services, session)
@@ -115,7 +115,7 @@ def submit_job(
     # teardown, which runs one request at a time (a broker outage queued requests there
     # until the pool ran dry and un-admissions failed).
     session.commit()
-    return as_json(view, response)
+    return as_json(view, response, status.HTTP_202_ACCEPTED)
 
 
 @router.post(
@@ -209,9 +209,9 @@ def get_job(
     return estimated(services, session, job, found[1])
 
 
-def as_json(model: BaseModel, response: Response, status_code: int = 202) -> Response:
+def as_json(model: BaseModel, response: Response, status_code: int) -> Response:
     """``model`` sent as FastAPI sends a route's ``response_model``, with the headers
-    and status set on ``response`` (``status_code`` when none was set).
+    and status set on ``response`` (``status_code``, the route's, when none was set).
 
     FastAPI validates a sync route's returned model once more, on a thread hop of its
     own, before it serializes it: about 5% of the API's CPU per submission

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlmodel import Session
 
+from errand_schema import flow
 from errand_schema.events import JobEventMessage
-from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobStep
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
@@ -54,6 +54,5 @@ def alert_dead_job(
             s, alert, JobStatus.QUEUED, actor=actor, message=f"alert: job {job.id} is dead"
         )
     )
-    return NextMessage(
-        RunJobStep(job_id=alert.id, step_index=0, attempt=1), alert.queue, alert.priority
-    )
+    # With its type and queue as hints, like every admitted job's message.
+    return NextMessage(*flow.message_for(alert))

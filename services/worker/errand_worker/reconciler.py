@@ -155,9 +155,9 @@ class Reconciler:
                 stmt = stmt.where(col(Job.queue).not_in(queues))
             if types:
                 stmt = stmt.where(col(Job.type).not_in(types))
-            rows = [(j.id, j.step_index, j.attempt, j.queue, j.priority) for j in s.exec(stmt)]
-        for job_id, step_index, attempt, queue, priority in rows:
-            msg = RunJobStep(job_id=job_id, step_index=step_index, attempt=attempt + 1)
+            # With the type and queue as hints: claimed in one statement.
+            rows = [flow.message_for(j) for j in s.exec(stmt)]
+        for msg, queue, priority in rows:
             self._rt.enqueue(msg, queue, priority, None)
         if rows:
             logger.info("published %d waiting jobs", len(rows))
@@ -186,7 +186,7 @@ class Reconciler:
         cutoff = (now or utcnow()) - self._lost_after
         with self._rt.transaction() as (s, _):
             rows = [
-                (j.id, j.step_index, j.attempt, j.queue, j.priority)
+                flow.message_for(j)
                 for j in s.exec(
                     select(Job)
                     .where(
@@ -199,18 +199,17 @@ class Reconciler:
                     .limit(BATCH)
                 )
             ]
-        by_queue: dict[str, list[tuple[uuid.UUID, int, int, str]]] = {}
-        for job_id, step_index, attempt, queue, priority in rows:
-            by_queue.setdefault(queue, []).append((job_id, step_index, attempt, priority))
+        by_queue: dict[str, list[tuple[RunJobStep, str]]] = {}
+        for msg, queue, priority in rows:
+            by_queue.setdefault(queue, []).append((msg, priority))
         sent: list[uuid.UUID] = []
         for queue, jobs in by_queue.items():
             backlog = backlog_of(queue)
             if backlog is None or backlog > 0:
                 continue  # their messages may be in that backlog
-            for job_id, step_index, attempt, priority in jobs:
-                msg = RunJobStep(job_id=job_id, step_index=step_index, attempt=attempt + 1)
+            for msg, priority in jobs:
                 self._rt.enqueue(msg, queue, priority, None)
-                sent.append(job_id)
+                sent.append(msg.job_id)
             logger.warning(
                 "queue %s is empty but %d admitted jobs never started: their messages were "
                 "lost; sent again",
@@ -280,8 +279,7 @@ class Reconciler:
                     message="stalled; handed back to the queue",
                 )
             )
-            msg = RunJobStep(job_id=job.id, step_index=job.step_index, attempt=job.attempt + 1)
-            queue, priority = job.queue, job.priority
+            msg, queue, priority = flow.message_for(job)
         # Publish at once: waiting for publish_waiting's grace would add seconds to every
         # crash takeover.
         self._rt.enqueue(msg, queue, priority, None)

@@ -3,10 +3,12 @@
 import uuid
 from datetime import timedelta
 
+import dramatiq
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from errand.dev import DevSystem
+from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, utcnow
 
 from inprocess import attempts, events, get, submit, wait_status
@@ -78,3 +80,50 @@ def test_retention_deletes_old_finished_jobs_but_keeps_dead_ones(
     assert running.get(f"/v1/jobs/{done}").status_code == 404
     assert get(running, dead)["status"] == "dead"
     assert get(running, fresh)["status"] == "completed"
+
+
+def _sent(system: DevSystem) -> list[RunJobStep]:
+    """The step messages waiting in the broker's ``default`` queue, taken out."""
+    queue = system.broker.queues["default"]
+    sent = []
+    while not queue.empty():
+        body = dramatiq.Message.decode(queue.get_nowait())
+        sent.append(RunJobStep.model_validate(body.args[0]))
+    return sent
+
+
+def test_the_reconcilers_messages_carry_the_jobs_type_and_queue(
+    dev_system: DevSystem, api_client: TestClient
+) -> None:
+    # Hints let the worker claim in one statement (PostgreSQL) instead of reading first
+    reconciler = dev_system.runtime.reconciler
+    assert reconciler is not None
+    reconciler.stop()  # its passes are this test's, one by one
+    waiting, handed_back = submit(api_client, "noop"), submit(api_client, "noop")
+    dev_system.broker.flush_all()
+    # A retry whose message was never sent, and a job whose worker vanished
+    _edit(
+        dev_system,
+        waiting,
+        status="retrying",
+        attempt=1,
+        published_at=None,
+        updated_at=utcnow() - timedelta(seconds=10),
+    )
+    _edit(
+        dev_system,
+        handed_back,
+        status="running",
+        attempt=1,
+        lease_owner="gone:1",
+        lease_expires_at=utcnow() - timedelta(seconds=5),
+        published_at=utcnow(),
+        started_at=utcnow(),
+    )
+    assert reconciler.publish_waiting() == 1
+    assert reconciler.repair_expired_leases() == 1
+    sent = {str(m.job_id): m for m in _sent(dev_system)}
+    assert sent.keys() == {waiting, handed_back}
+    assert (sent[waiting].attempt, sent[handed_back].attempt) == (2, 2)
+    for message in sent.values():
+        assert (message.job_type, message.queue, message.step_index) == ("noop", "default", 0)

@@ -10,6 +10,7 @@ from typing import Any
 import dramatiq
 from anyio.to_thread import current_default_thread_limiter
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace.export import SpanExporter
 from redis import Redis
@@ -46,7 +47,7 @@ from errand_api.routes import schedules as schedules_route
 from errand_api.settings import ApiSettings, get_settings
 from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
-from errand_schema.db import create_db_engine
+from errand_schema.db import create_db_engine, warn_about_server
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier
@@ -119,6 +120,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Sync routes and dependencies run on AnyIO's thread pool of this event loop.
         current_default_thread_limiter().total_tokens = settings.request_threads
+        await run_in_threadpool(warn_about_server, engine, logger)
         if settings.bootstrap_admin_key is not None:
             with Session(engine) as session:
                 ensure_bootstrap_admin(session, settings.bootstrap_admin_key.get_secret_value())

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from errand_schema.db import warn_about_server
 from errand_schema.estimates import Estimator, announce_capacity
 from errand_schema.events import BackgroundEventPublisher
 from errand_schema.masking import configure_masking
@@ -210,6 +211,8 @@ def setup_worker(
         HTTPXClientInstrumentor().instrument()
     registry = build_registry(settings)
     _register(engine, registry)
+    if start_reconciler:  # once per worker process that looks after the tables
+        warn_about_server(engine, logger)
     watchdog = Watchdog()
     events = BackgroundEventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen)
     runtime = WorkerRuntime(

@@ -199,6 +199,8 @@ class BackgroundEventPublisher(EventPublisher):
         #: The connection the batches are written on (see :meth:`_append`); made on
         #: the first write, None until then or without a connection pool to take it from.
         self._own: Redis | None = None
+        #: Where that connection comes from (None: a client without a pool).
+        self._pool = getattr(redis, "connection_pool", None)
         self._thread = threading.Thread(target=self._run, name="errand-events", daemon=True)
         self._thread.start()
 
@@ -273,14 +275,13 @@ class BackgroundEventPublisher(EventPublisher):
         worker's CPU in the drain (bench/README.md), for one command per batch. A
         client without a pool (a test's stand-in) is written to as before.
         """
-        pool = getattr(self._redis, "connection_pool", None)
-        if pool is None:
+        if self._pool is None:
             super()._append(entries)
             return
         try:
             if self._own is None:
                 # Connects: fails like the append would when Redis is away.
-                self._own = Redis(connection_pool=pool, single_connection_client=True)
+                self._own = Redis(connection_pool=self._pool, single_connection_client=True)
             for start in range(0, len(entries), APPEND_CHUNK):
                 chunk = entries[start : start + APPEND_CHUNK]
                 try:

@@ -24,6 +24,20 @@ def _edit(system: DevSystem, job_id: str, **values: object) -> None:
         s.commit()
 
 
+def _claimed_by_a_dead_worker(system: DevSystem, job_id: str) -> None:
+    """Make the job one that a worker claimed and died with: running, lease expired."""
+    _edit(
+        system,
+        job_id,
+        status="running",
+        attempt=1,
+        lease_owner="gone:1",
+        lease_expires_at=utcnow() - timedelta(seconds=5),
+        published_at=utcnow(),
+        started_at=utcnow(),
+    )
+
+
 def test_a_job_whose_message_never_reached_the_broker_is_published_and_runs(
     dev_system: DevSystem, api_client: TestClient
 ) -> None:
@@ -43,16 +57,7 @@ def test_a_running_job_whose_worker_vanished_is_handed_back_and_completes(
     # Given a job that a dead worker had claimed (expired lease, message lost)
     job_id = submit(api_client, "noop")
     dev_system.broker.flush_all()
-    _edit(
-        dev_system,
-        job_id,
-        status="running",
-        attempt=1,
-        lease_owner="gone:1",
-        lease_expires_at=utcnow() - timedelta(seconds=5),
-        published_at=utcnow(),
-        started_at=utcnow(),
-    )
+    _claimed_by_a_dead_worker(dev_system, job_id)
     # When the reconciler runs
     dev_system.worker.start()
     job = wait_status(api_client, job_id)
@@ -110,16 +115,7 @@ def test_the_reconcilers_messages_carry_the_jobs_type_and_queue(
         published_at=None,
         updated_at=utcnow() - timedelta(seconds=10),
     )
-    _edit(
-        dev_system,
-        handed_back,
-        status="running",
-        attempt=1,
-        lease_owner="gone:1",
-        lease_expires_at=utcnow() - timedelta(seconds=5),
-        published_at=utcnow(),
-        started_at=utcnow(),
-    )
+    _claimed_by_a_dead_worker(dev_system, handed_back)
     assert reconciler.publish_waiting() == 1
     assert reconciler.repair_expired_leases() == 1
     sent = {str(m.job_id): m for m in _sent(dev_system)}

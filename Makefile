@@ -58,8 +58,10 @@ SOAK_MINUTES ?= 30
 .PHONY: bench-install bench-enqueue bench-drain bench-multistep bench-latency bench-notifier \
         bench-memory bench-recovery soak
 
+# Compiled like `make install`: the scenarios start dozens of service processes.
 bench-install:
-	$(UV) sync --locked --group bench
+	$(UV) sync --locked --group bench --compile-bytecode
+	$(UV) run --no-sync python -m compileall -q -j 0 shared services errand bench > /dev/null
 
 bench: bench-install services  ## Every benchmark scenario (about 13 min on 2 cores)
 	$(BENCH) all $(BENCH_ARGS)

@@ -12,8 +12,16 @@ What changes outside the API (a user disabled or given another cap in SQL) shows
 within the TTL. When Redis cannot be read, nothing is answered from memory: every
 request reads the database, as without the cache. Only API keys are kept (JWTs are
 verified every time), by the SHA-256 the database stores, never in clear.
+
+The requests of one process share their epoch reads (:meth:`AuthCache.epoch`): a
+request waits for the next ``GET`` sent after it arrived, one at a time per process, so
+under load one read answers every request that arrived while the previous one was out
+(each ``GET`` was 12% of the API's CPU per ``POST /v1/jobs``, bench/README.md). A read
+sent after a request arrived sees every revocation that had returned by then, so "at
+once" holds as it did with a read per request.
 """
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -51,16 +59,47 @@ class AuthCache:
         self._key = epoch_key(prefix)
         self.ttl_s = ttl_s
         self._entries: dict[str, _Entry] = {}
+        # The shared reads (one event loop at a time: a test's app may outlive one).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[bytes | None] | None = None
 
     async def epoch(self) -> bytes | None:
         """The current auth epoch (``b"0"`` before any revocation); None when Redis
-        cannot be read, which turns the cache off for this request."""
+        cannot be read, which turns the cache off for this request.
+
+        Read by a ``GET`` sent after this call began: the one about to be sent when a
+        read is out (shared with every caller that came meanwhile), else a new one.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._reading, self._next = loop, None, None
+        if self._next is None:
+            self._next = loop.create_future()
+        waiting = self._next
+        if self._reading is None:
+            self._send()
+        # Shielded: a caller that goes away must not cancel the others' answer.
+        return await asyncio.shield(waiting)
+
+    def _send(self) -> None:
+        """Send the next read for the callers waiting on it."""
+        waiting, self._next = self._next, None
+        if waiting is not None:
+            self._reading = asyncio.ensure_future(self._read(waiting))
+
+    async def _read(self, waiting: asyncio.Future[bytes | None]) -> None:
+        epoch = None
         try:
             value = await self._redis.get(self._key)
+            epoch = value if value is not None else b"0"
         except Exception:  # a cache never fails a request: read the database instead
             logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
-            return None
-        return value if value is not None else b"0"
+        finally:  # also when cancelled: its callers read the database
+            self._reading = None
+            if not waiting.done():
+                waiting.set_result(epoch)
+        self._send()  # the callers that came while this read was out
 
     def get(self, token: str, epoch: bytes) -> tuple[Principal, dict[str, Any]] | None:
         """The caller and its user's columns if ``token`` was authenticated under

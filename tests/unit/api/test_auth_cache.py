@@ -2,8 +2,9 @@
 API process is refused at once by all of them, and without Redis every request reads
 the database (errand_api.authcache)."""
 
-from collections.abc import Callable, Iterator
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -12,7 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from errand.dev import DevSystem
+from errand_api.authcache import AuthCache
 from errand_api.main import create_app
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -108,3 +112,58 @@ def test_without_redis_or_past_the_ttl_every_request_reads_the_database(
     assert api_client.get("/v1/jobs", headers=key).status_code == 200
     assert api_client.get("/v1/jobs", headers=key).status_code == 200
     assert len(key_reads) == 5
+
+
+async def test_requests_share_epoch_reads_but_each_sees_a_read_sent_after_it_came() -> None:
+    class SlowRedis:
+        """An epoch whose GETs wait for the test to answer them, in order."""
+
+        def __init__(self) -> None:
+            self.value = b"0"
+            self.sent: list[asyncio.Event] = []
+
+        async def get(self, _key: str) -> bytes:
+            value = self.value  # what the server holds when the GET reaches it
+            answered = asyncio.Event()
+            self.sent.append(answered)
+            await answered.wait()
+            return value
+
+    redis = SlowRedis()
+    cache = AuthCache(redis, "t:", 60.0)
+    # A request's read is out...
+    first = asyncio.ensure_future(cache.epoch())
+    await _until(lambda: len(redis.sent) == 1)
+    # ...when a revocation returns, and then two more requests come
+    redis.value = b"1"
+    later = [asyncio.ensure_future(cache.epoch()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert len(redis.sent) == 1  # they wait for the next read, not a read each
+    redis.sent[0].set()
+    assert await _answer(first) == b"0"
+    # The next read was sent after they came: both see the revocation
+    await _until(lambda: len(redis.sent) == 2)
+    redis.sent[1].set()
+    assert await _answer(asyncio.gather(*later)) == [b"1", b"1"]
+    # A request that goes away does not take the answer from the others sharing it
+    out = asyncio.ensure_future(cache.epoch())
+    await _until(lambda: len(redis.sent) == 3)
+    gone, stays = asyncio.ensure_future(cache.epoch()), asyncio.ensure_future(cache.epoch())
+    await asyncio.sleep(0)
+    gone.cancel()
+    redis.sent[2].set()
+    assert await _answer(out) == b"1"
+    await _until(lambda: len(redis.sent) == 4)
+    redis.sent[3].set()
+    assert await _answer(stays) == b"1"
+    assert gone.cancelled()
+
+
+async def _answer(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, 5.0)
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0)

@@ -23,10 +23,39 @@ from errand_schema.models import ApiKey, User, utcnow
 KEY_SCHEME = "erk"
 #: Name of the user that owns the bootstrap admin key.
 BOOTSTRAP_ADMIN_NAME = "admin"
-#: ``Session.info`` key holding the authenticated caller's ``User`` row.
+#: ``Session.info`` key holding the authenticated caller's :class:`CallerLimits`.
 CALLER_KEY = "errand.caller"
 #: ``last_used_at`` is written at most this often per key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class CallerLimits:
+    """A user's own limits, as read when the caller was authenticated.
+
+    Kept in the request's ``Session.info`` (:data:`CALLER_KEY`) and by the API's key
+    cache: the rate limit and the in-flight cap of a submission are read from here
+    rather than from a ``User`` row in the session (putting a cached row in the
+    session cost a tenth of the API's CPU per submission, bench/README.md).
+    """
+
+    id: uuid.UUID
+    rate_limit_per_s: float | None
+    max_in_flight: int | None
+
+    @classmethod
+    def of(cls, user: User) -> "CallerLimits":
+        """The limits of a ``users`` row."""
+        return cls(user.id, user.rate_limit_per_s, user.max_in_flight)
+
+
+def user_limits(session: Session, user_id: uuid.UUID) -> CallerLimits | None:
+    """The user's limits: the caller's as authenticated for this session, else read."""
+    caller = session.info.get(CALLER_KEY)
+    if isinstance(caller, CallerLimits) and caller.id == user_id:
+        return caller
+    user = session.get(User, user_id)
+    return CallerLimits.of(user) if user is not None else None
 
 
 @dataclass(frozen=True)
@@ -131,7 +160,6 @@ def authenticate(session: Session, token: str) -> Principal | None:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         key.last_used_at = now
         session.add(key)
-    # The session's identity map holds rows weakly: keep the caller's, so the request's
-    # later reads of it (rate limit, in-flight cap) are answered without a query.
-    session.info[CALLER_KEY] = user
+    # The request's later reads of the caller's limits are answered without a query.
+    session.info[CALLER_KEY] = CallerLimits.of(user)
     return Principal(user_id=user.id, name=user.name, role=user.role)

@@ -31,9 +31,10 @@ from sqlalchemy import (
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
+from errand_schema.auth import user_limits
 from errand_schema.events import JobEventMessage
 from errand_schema.messages import RunJobStep
-from errand_schema.models import WAITING_SQL, Job, JobDependency, Pause, User, utcnow
+from errand_schema.models import WAITING_SQL, Job, JobDependency, Pause, utcnow
 from errand_schema.queues import Priority
 from errand_schema.states import FINISHED_STATUSES, JobStatus
 
@@ -93,9 +94,9 @@ def in_flight(session: Session, owner_id: uuid.UUID) -> int:
 
 def user_cap(session: Session, owner_id: uuid.UUID, default_cap: int) -> int:
     """Return the user's in-flight cap (0: no cap)."""
-    user = session.get(User, owner_id)
-    if user is not None and user.max_in_flight is not None:
-        return user.max_in_flight
+    limits = user_limits(session, owner_id)
+    if limits is not None and limits.max_in_flight is not None:
+        return limits.max_in_flight
     return default_cap
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from errand_schema.auth import Principal
+from errand_schema.auth import CallerLimits, Principal
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def epoch_key(prefix: str) -> str:
 @dataclass(frozen=True)
 class _Entry:
     principal: Principal
-    #: The user's columns, to put the row in a request's session without a read.
-    user: dict[str, Any]
+    #: The user's limits, for the request's session (no read of the user's row).
+    limits: CallerLimits
     epoch: bytes
     until: float
 
@@ -101,8 +101,8 @@ class AuthCache:
                 waiting.set_result(epoch)
         self._send()  # the callers that came while this read was out
 
-    def get(self, token: str, epoch: bytes) -> tuple[Principal, dict[str, Any]] | None:
-        """The caller and its user's columns if ``token`` was authenticated under
+    def get(self, token: str, epoch: bytes) -> tuple[Principal, CallerLimits] | None:
+        """The caller and its user's limits if ``token`` was authenticated under
         ``epoch`` less than the TTL ago."""
         digest = _digest(token)
         entry = self._entries.get(digest)
@@ -111,15 +111,15 @@ class AuthCache:
         if entry.epoch != epoch or entry.until < time.monotonic():
             self._entries.pop(digest, None)
             return None
-        return entry.principal, entry.user
+        return entry.principal, entry.limits
 
-    def put(self, token: str, principal: Principal, user: dict[str, Any], epoch: bytes) -> None:
+    def put(self, token: str, principal: Principal, limits: CallerLimits, epoch: bytes) -> None:
         """Remember that ``token`` is ``principal`` (read under ``epoch``: the epoch must
         have been read before the database, so a revocation in between is not missed)."""
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.pop(next(iter(self._entries)), None)
         self._entries[_digest(token)] = _Entry(
-            principal, user, epoch, time.monotonic() + self.ttl_s
+            principal, limits, epoch, time.monotonic() + self.ttl_s
         )
 
     def clear(self) -> None:

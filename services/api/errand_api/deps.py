@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
-from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
 from errand_api.authcache import AuthCache
@@ -23,7 +22,6 @@ from errand_schema.auth import CALLER_KEY, Principal
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier, authenticate_token
-from errand_schema.models import User
 
 
 @dataclass
@@ -116,13 +114,12 @@ async def get_principal(
         epoch = await cache.epoch()
         hit = cache.get(token, epoch) if epoch is not None else None
         if hit is not None:
-            principal, user = hit
-            _adopt_caller(session, user)
+            principal, limits = hit
+            session.info[CALLER_KEY] = limits  # as the database path leaves them
             return principal
     principal = await run_in_threadpool(_authenticate, session, services, token)
     if cache is not None and epoch is not None:
-        caller = session.info[CALLER_KEY]
-        cache.put(token, principal, {c: getattr(caller, c) for c in _USER_COLUMNS}, epoch)
+        cache.put(token, principal, session.info[CALLER_KEY], epoch)
     return principal
 
 
@@ -135,18 +132,6 @@ def _authenticate(session: Session, services: Services, token: str) -> Principal
     # by requests waiting for threads would deadlock under a large burst).
     session.commit()  # last_used_at, when it moved
     return found[0]
-
-
-#: The ``users`` columns a cached caller's row is rebuilt from.
-_USER_COLUMNS = [c.name for c in User.__table__.c]  # type: ignore[attr-defined]
-
-
-def _adopt_caller(session: Session, columns: dict[str, Any]) -> None:
-    """Put the caller's row in ``session`` as if it had been read (no query): later
-    reads of it in the request (rate limit, in-flight cap) find it there."""
-    user = User(**columns)
-    make_transient_to_detached(user)
-    session.info[CALLER_KEY] = session.merge(user, load=False)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

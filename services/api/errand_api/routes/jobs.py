@@ -19,9 +19,9 @@ from errand_api.idempotency import find_job_for_key, remember_key, request_hash
 from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import check_job, create_job
-from errand_schema.auth import Principal
+from errand_schema.auth import Principal, user_limits
 from errand_schema.flow import admissible_at_once, admit_new, message_for, user_cap
-from errand_schema.models import Job, User
+from errand_schema.models import Job
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
 from errand_schema.views import JobPublic, job_public, read_job_public, with_estimate
@@ -259,10 +259,10 @@ def _existing(session: Session, response: Response, job_id: uuid.UUID) -> JobPub
 def take_tokens(
     session: Session, services: Services, principal: Principal, response: Response, cost: int
 ) -> None:
-    user = session.get(User, principal.user_id)
+    limits = user_limits(session, principal.user_id)
     rate = (
-        user.rate_limit_per_s
-        if user and user.rate_limit_per_s
+        limits.rate_limit_per_s
+        if limits and limits.rate_limit_per_s
         else services.settings.rate_limit_per_s
     )
     burst = max(services.settings.rate_limit_burst, cost)

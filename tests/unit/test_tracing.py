@@ -1,7 +1,6 @@
 """One trace per job across the API, the broker, every attempt and step, and the notifier."""
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,11 +18,15 @@ from unit_options import TEST_WORKER_OPTIONS
 EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture
-def traced(tmp_path: Path) -> Iterator[tuple[TestClient, DevSystem]]:
-    """The in-process system exporting spans to :data:`EXPORTER`, worker running."""
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, DevSystem]]:
+    """The in-process system exporting spans to :data:`EXPORTER`, worker running.
+
+    One for the module: SQLAlchemy's instrumentation is global to the process and
+    traces only the first engine it is given.
+    """
     system = build_dev_system(
-        tmp_path / "dev",
+        tmp_path_factory.mktemp("traced") / "dev",
         threads=2,
         job_modules=["engine_jobs"],
         worker_options=TEST_WORKER_OPTIONS,
@@ -45,10 +48,16 @@ def _trace(trace_id: str) -> list[ReadableSpan]:
     ]
 
 
+@pytest.mark.parametrize("key_in_memory", [False, True], ids=["through-fastapi", "plain-path"])
 def test_one_job_is_one_trace_from_request_to_notification(
-    traced: tuple[TestClient, DevSystem],
+    traced: tuple[TestClient, DevSystem], key_in_memory: bool
 ) -> None:
-    client, _ = traced
+    client, system = traced
+    cache = system.api.state.services.auth_cache
+    assert cache is not None
+    cache.clear()
+    if key_in_memory:  # the submission then takes the plain path (errand_api.fastpath)
+        assert client.get("/v1/jobs").status_code == 200
     job_id = submit(client, "test.async", {"ticks": 1, "tick_s": 0})
     job = wait_status(client, job_id)
     assert job["status"] == "completed"

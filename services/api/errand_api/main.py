@@ -11,6 +11,7 @@ import dramatiq
 from anyio.to_thread import current_default_thread_limiter
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace.export import SpanExporter
 from redis import Redis
@@ -25,6 +26,8 @@ from errand_api.authcache import AuthCache
 from errand_api.catalog import Catalog
 from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
+from errand_api.fastpath import PATH as PLAIN_PATH
+from errand_api.fastpath import PlainSubmission
 from errand_api.openapi import install_openapi
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
@@ -163,7 +166,18 @@ def create_app(
 
 
 def _install_request_middleware(app: FastAPI, max_body_bytes: int) -> None:
+    # The last added runs first: the plain submission's path runs inside RequestContext.
+    app.add_middleware(PlainSubmission, route=_submit_route())
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
+
+
+def _submit_route() -> APIRoute:
+    """The FastAPI route of ``POST /v1/jobs`` (the plain path names it in the scope)."""
+    return next(
+        r
+        for r in jobs.router.routes
+        if isinstance(r, APIRoute) and r.path == PLAIN_PATH and "POST" in (r.methods or ())
+    )
 
 
 class RequestContext:

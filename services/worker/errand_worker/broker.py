@@ -22,6 +22,7 @@ from errand_schema.models import Job, utcnow
 from errand_schema.queues import BROKER_PRIORITY, MAX_PRIORITY, Priority, step_actor_name
 from errand_schema.telemetry import configure_tracing, instrument_clients
 from errand_worker.actors.steps import declare_step_actors
+from errand_worker.consumer import ErrandRabbitmqBroker
 from errand_worker.gates import FlowGates
 from errand_worker.jobtypes import builtin_job_types
 from errand_worker.jobtypes.email_send import SmtpConfig
@@ -55,8 +56,9 @@ def worker_middleware() -> list[dramatiq.Middleware]:
 
 
 def build_broker(settings: WorkerSettings) -> RabbitmqBroker:
-    """Return the production broker: RabbitMQ with priorities and publisher confirms."""
-    return RabbitmqBroker(
+    """Return the production broker: RabbitMQ with priorities and publisher confirms,
+    consuming with the acks of a pass sent together (:mod:`errand_worker.consumer`)."""
+    return ErrandRabbitmqBroker(
         url=settings.rabbitmq_url,
         max_priority=MAX_PRIORITY,
         confirm_delivery=True,

@@ -1,0 +1,97 @@
+"""RabbitMQ consumption with the acknowledgements of a pass sent together.
+
+Dramatiq's consumer thread takes the finished messages off its queue a batch at a
+time and settles each with its own callback on the connection, in which pika's
+blocking channel sends the ``basic.ack`` and then runs its I/O loop until the frame is
+written: a poll and a write per message, about a tenth of a worker process's Python
+under the drain benchmark (bench/README.md). Here a pass's settlements are queued in
+order and sent from one callback: every frame but the last goes into the
+connection's output buffer, and the last one's blocking call writes them all. Each
+message is still settled one by one (no ``multiple``): which messages are settled,
+and when, is what Dramatiq decides; only the write is shared.
+
+Dramatiq has no public consumer to extend: this subclasses its RabbitMQ consumer
+(``dramatiq.brokers.rabbitmq._RabbitmqConsumer``) and uses pika's channel
+implementation under the blocking channel (``BlockingChannel._impl``), both pinned in
+``uv.lock`` and exercised by ``tests/integration/test_batched_acks.py``.
+"""
+
+import threading
+from typing import Any
+
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.errors import ConnectionClosed
+
+
+class BatchedAckConsumer(_RabbitmqConsumer):
+    """A Dramatiq RabbitMQ consumer whose acks and nacks of one pass share a write."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._settle_lock = threading.Lock()
+        #: (delivery tag, ack: True / dead-letter: False), in the order Dramatiq settled them
+        self._pending: list[tuple[int, bool]] = []
+
+    def ack(self, message: Any) -> None:
+        """Acknowledge ``message`` with the rest of this pass."""
+        self._settle(message, True)
+
+    def nack(self, message: Any) -> None:
+        """Reject ``message`` without requeueing (to its dead-letter queue), in order."""
+        self._settle(message, False)
+
+    def _settle(self, message: Any, ok: bool) -> None:
+        try:
+            self.known_tags.remove(message._tag)
+        except KeyError:
+            self.logger.warning("Failed to settle message: not in known tags.")
+            return
+        self._queue(message._tag, ok)
+
+    def _nack(self, tag: int) -> None:
+        # Dramatiq's own path for a message it could not decode: in order with the rest.
+        self._queue(tag, False)
+
+    def _queue(self, tag: int, ok: bool) -> None:
+        with self._settle_lock:
+            self._pending.append((tag, ok))
+            first = len(self._pending) == 1
+        if not first:
+            return  # the callback queued by the first of the pass sends it too
+        try:
+            self.connection.add_callback_threadsafe(self._send_pending)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            # Unsent, as Dramatiq's own would be: the broker redelivers them to the next
+            # consumer, and the attempt fence refuses what already ran.
+            with self._settle_lock:
+                self._pending.clear()
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _send_pending(self) -> None:
+        """Send the queued settlements, on the connection's thread: one write for all."""
+        with self._settle_lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        impl = self.channel._impl
+        *buffered, (last_tag, last_ok) = pending
+        for tag, ok in buffered:
+            if ok:
+                impl.basic_ack(delivery_tag=tag)
+            else:
+                impl.basic_nack(delivery_tag=tag, requeue=False)
+        # The blocking call writes the buffer out, the frames above first.
+        if last_ok:
+            self.channel.basic_ack(last_tag)
+        else:
+            self.channel.basic_nack(last_tag, requeue=False)
+
+
+class ErrandRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker, consuming with :class:`BatchedAckConsumer`."""
+
+    @property
+    def consumer_class(self) -> type[BatchedAckConsumer]:
+        """The consumer Dramatiq's worker threads are fed by."""
+        return BatchedAckConsumer

@@ -67,12 +67,7 @@ def test_a_pass_of_acks_and_nacks_is_one_write_and_settles_each_message(
     assert len(blocking) == 1  # one blocking call wrote the whole pass
     consumer.close()
     # Acked messages are gone, the failed ones are in the dead-letter queue, none requeued
-    wait_for(
-        lambda: broker.get_queue_message_counts(queue) == (0, 0, 3),
-        10,
-        0.1,
-        what="the queue to hold none and its dead letters three",
-    )
+    _wait_counts(broker, queue, dead=3)
 
 
 def test_messages_settled_across_passes_each_go_out(broker: ErrandRabbitmqBroker) -> None:
@@ -84,9 +79,14 @@ def test_messages_settled_across_passes_each_go_out(broker: ErrandRabbitmqBroker
         consumer.ack(message)
     assert next(consumer) is None
     consumer.close()
+    _wait_counts(broker, queue, dead=0)
+
+
+def _wait_counts(broker: ErrandRabbitmqBroker, queue: str, *, dead: int) -> None:
+    """Wait until ``queue`` holds no message (ready, delayed) and ``dead`` dead letters."""
     wait_for(
-        lambda: broker.get_queue_message_counts(queue) == (0, 0, 0),
+        lambda: broker.get_queue_message_counts(queue) == (0, 0, dead),
         10,
         0.1,
-        what="every message acked",
+        what=f"{queue} to hold no message and {dead} dead letters",
     )

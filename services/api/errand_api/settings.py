@@ -21,8 +21,9 @@ class ApiSettings(CommonSettings):
     #: Blocking request handlers (database, broker, Redis) run at once on the process's
     #: threads; the rest wait on the event loop. Measured on 2 cores (bench/README.md):
     #: 8-16 threads accepted ~40% more jobs per second than AnyIO's default of 40, whose
-    #: threads mostly queue for the GIL. Keep it below ``db_pool_size``.
-    request_threads: int = Field(default=16, ge=1)
+    #: threads mostly queue for the GIL, and since the submission got lighter 8 spend
+    #: ~12% less CPU per submission than 16. Keep it below ``db_pool_size``.
+    request_threads: int = Field(default=8, ge=1)
     #: Seconds an API key authenticated by this process is answered from memory (0:
     #: read the database on every request). A revocation through the API is refused at
     #: once anyway (see errand_api.authcache); other changes to a user show within it.

@@ -196,7 +196,7 @@ def test_blocking_handlers_share_the_configured_number_of_threads(
     # The API's lifespan sized the event loop's thread pool from ERRAND_REQUEST_THREADS
     # (its sync routes and dependencies run there).
     configured = dev_system.api.state.services.settings.request_threads
-    assert configured == 16
+    assert configured == 8
     portal = api_client.portal
     assert portal is not None
     assert portal.call(lambda: current_default_thread_limiter().total_tokens) == configured

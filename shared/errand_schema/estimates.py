@@ -1,8 +1,7 @@
 """When will a job start and finish? Estimates learned from recent attempts.
 
 * **Step durations**: the median of the last :data:`HISTORY` completed attempts of each
-  step of a type, among the last :data:`RECENT_ATTEMPTS` attempts of every type
-  (cached for :data:`CACHE_S`).
+  step of a type (cached for :data:`CACHE_S`).
 * **A running job** finishes after what is left of its current step (its expected
   duration minus the time it has run, never below a tenth of it) plus its later steps.
 * **A queued job** starts once the work ahead of it in its queue is done: the jobs of
@@ -31,11 +30,6 @@ from errand_schema.states import JobStatus
 
 #: Completed attempts per type that the durations are learned from.
 HISTORY = 200
-#: The history is looked for among this many of the latest attempts (of every type): a
-#: read of a type that rarely completes walks at most these, not the whole table (a
-#: 1 s read in a 30-minute soak, bench/README.md). A type whose last completion is
-#: older than that has no estimate until it completes again.
-RECENT_ATTEMPTS = 50_000
 #: How long learned durations and capacities are reused.
 CACHE_S = 5.0
 #: Seconds a worker's capacity announcement lives without a refresh.
@@ -80,14 +74,11 @@ def announce_capacity(
 
 
 #: The recent completed attempts of a type (driver cursor: read on every estimate of a
-#: type without history yet, so on every submission of one). Bounded by the attempts'
-#: ids: a range of the primary key, walked from the newest.
+#: type without history yet, so on every submission of one).
 _HISTORY = Precompiled(
     select(col(JobAttempt.step_index), col(JobAttempt.duration_ms))
     .join(Job, col(Job.id) == col(JobAttempt.job_id))
     .where(
-        col(JobAttempt.id)
-        > select(func.max(col(JobAttempt.id))).scalar_subquery() - bindparam("recent"),
         col(Job.type) == bindparam("job_type"),
         col(JobAttempt.outcome) == "completed",
         col(JobAttempt.duration_ms).is_not(None),
@@ -150,8 +141,7 @@ class Estimator:
         read: tuple[float, dict[int, float], float] | None = None
         try:
             started = time.monotonic()
-            params = {"job_type": job_type, "recent": RECENT_ATTEMPTS}
-            rows = _HISTORY.all(session.connection(), params)
+            rows = _HISTORY.all(session.connection(), {"job_type": job_type})
             took = time.monotonic() - started
             by_step: dict[int, list[float]] = {}
             for index, ms in rows:

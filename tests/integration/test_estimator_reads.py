@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, func, select
+from sqlmodel import Session
 
 from errand_schema import estimates
 from errand_schema.auth import create_user
@@ -83,34 +83,6 @@ def test_history_is_read_and_the_newest_job_waits_behind_the_whole_queue(
     assert _wait_s(estimator, engine, second, newest=True) == pytest.approx(8.0, abs=0.5)
     # Read exactly (not the newest), a job waits behind the queued jobs older than it.
     assert _wait_s(estimator, engine, first, newest=False) == pytest.approx(6.0, abs=0.5)
-
-
-def test_the_history_is_looked_for_among_the_latest_attempts_only(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A type that completed once, then three attempts of another type
-    job_type = f"est.{uuid.uuid4().hex[:6]}"
-    owner, queue = _queue(engine, job_type, queued=0)
-    other = _submit(engine, owner, "est.other", queue)
-    with Session(engine) as session:
-        session.add_all(
-            JobAttempt(job_id=other.id, step_index=0, attempt=n, worker="w") for n in (1, 2, 3)
-        )
-        session.commit()
-    with Session(engine) as session:
-        newest = session.exec(select(func.max(JobAttempt.id))).one()
-        (done,) = session.exec(
-            select(JobAttempt.id).join(Job).where(Job.type == job_type)  # type: ignore[arg-type]
-        ).all()
-    assert newest is not None
-    assert done is not None
-    assert newest - done >= 3
-    # Within the latest attempts: found; just outside them: not looked at (attempts
-    # that other processes add meanwhile only push it further out)
-    for recent, found in ((newest - done + 1_000, {0: 2.0}), (newest - done, {})):
-        monkeypatch.setattr(estimates, "RECENT_ATTEMPTS", recent)
-        with Session(engine) as session:
-            assert Estimator().step_durations(session, job_type, steps=1) == found
 
 
 def test_the_shared_count_is_taken_again_once_it_is_old(

@@ -18,10 +18,12 @@ request waits for the next ``GET`` sent after it arrived, one at a time per proc
 under load one read answers every request that arrived while the previous one was out
 (each ``GET`` was 12% of the API's CPU per ``POST /v1/jobs``, bench/README.md). A read
 sent after a request arrived sees every revocation that had returned by then, so "at
-once" holds as it did with a read per request.
+once" holds as it did with a read per request. A read that takes longer than
+:data:`EPOCH_TIMEOUT_S` is given up (its requests read the database), as one that fails.
 """
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 #: Most keys kept per process; past it the oldest entry is dropped.
 MAX_ENTRIES = 10_000
+#: Longest wait for an epoch read (s): every request of the process waits on the same
+#: one, so a stuck read is given up and the requests read the database instead.
+EPOCH_TIMEOUT_S = 0.5
 
 
 def epoch_key(prefix: str) -> str:
@@ -85,21 +90,34 @@ class AuthCache:
     def _send(self) -> None:
         """Send the next read for the callers waiting on it."""
         waiting, self._next = self._next, None
-        if waiting is not None:
-            self._reading = asyncio.ensure_future(self._read(waiting))
+        if waiting is not None and self._loop is not None:
+            # A context of its own: a read serves many requests, and would otherwise
+            # carry the first one's trace span and log context into every later read.
+            self._reading = self._loop.create_task(
+                self._read(waiting), context=contextvars.Context()
+            )
 
     async def _read(self, waiting: asyncio.Future[bytes | None]) -> None:
         epoch = None
         try:
-            value = await self._redis.get(self._key)
+            value = await asyncio.wait_for(self._redis.get(self._key), EPOCH_TIMEOUT_S)
             epoch = value if value is not None else b"0"
+        except asyncio.CancelledError:  # the loop is closing: nobody waits for an answer
+            self._answer_next(None)
+            raise
         except Exception:  # a cache never fails a request: read the database instead
             logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
-        finally:  # also when cancelled: its callers read the database
-            self._reading = None
+        finally:
+            if self._reading is asyncio.current_task():  # not an old loop's read
+                self._reading = None
             if not waiting.done():
                 waiting.set_result(epoch)
         self._send()  # the callers that came while this read was out
+
+    def _answer_next(self, epoch: bytes | None) -> None:
+        waiting, self._next = self._next, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(epoch)
 
     def get(self, token: str, epoch: bytes) -> tuple[Principal, CallerLimits] | None:
         """The caller and its user's limits if ``token`` was authenticated under

@@ -3,6 +3,7 @@ API process is refused at once by all of them, and without Redis every request r
 the database (errand_api.authcache)."""
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from errand.dev import DevSystem
+from errand_api import authcache
 from errand_api.authcache import AuthCache
 from errand_api.main import create_app
 
@@ -52,7 +54,7 @@ def test_a_key_used_again_is_answered_without_reading_the_database(
     key = {"Authorization": f"Bearer {make_user('ann')}"}
     assert api_client.get("/v1/jobs", headers=key).status_code == 200
     assert len(key_reads) == 1
-    # Its user's own settings still apply on the cached path (the row is in the session)
+    # Its user's own settings still apply on the cached path (its limits are in the session)
     for _ in range(3):
         assert api_client.post("/v1/jobs", json={"type": "noop"}, headers=key).status_code == 202
     assert api_client.get("/v1/keys", headers=key).status_code == 200
@@ -72,12 +74,16 @@ def test_a_revocation_is_refused_at_once_by_every_api_process(
     ci = api_client.post("/v1/keys", json={"name": "ci"}, headers=cy).json()
     ci_key = {"Authorization": f"Bearer {ci['key']}"}
     with _other_api_process(dev_system) as other:
-        # Both processes have the key in memory
+        # Both processes have the key in memory (submissions then take the plain path)
         assert api_client.get("/v1/jobs", headers=ci_key).status_code == 200
         assert other.get("/v1/jobs", headers=ci_key).status_code == 200
+        noop = {"type": "noop"}
+        assert other.post("/v1/jobs", json=noop, headers=ci_key).status_code == 202
         # Revoked through the first: the second refuses it at once too
         assert api_client.delete(f"/v1/keys/{ci['id']}", headers=cy).status_code == 204
+        assert other.post("/v1/jobs", json=noop, headers=ci_key).status_code == 401
         assert other.get("/v1/jobs", headers=ci_key).status_code == 401
+        assert api_client.post("/v1/jobs", json=noop, headers=ci_key).status_code == 401
         assert api_client.get("/v1/jobs", headers=ci_key).status_code == 401
         # The user's other key still works everywhere
         assert other.get("/v1/jobs", headers=cy).status_code == 200
@@ -167,3 +173,27 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0)
+
+
+async def test_a_stuck_epoch_read_is_given_up_and_reads_carry_no_requests_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(authcache, "EPOCH_TIMEOUT_S", 0.05)
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
+    seen: list[str | None] = []
+
+    class StuckOnce:
+        async def get(self, _key: str) -> bytes:
+            seen.append(request_id.get())
+            if len(seen) == 1:
+                await asyncio.Event().wait()  # never answers
+            return b"3"
+
+    cache = AuthCache(StuckOnce(), "t:", 60.0)
+    request_id.set("request-1")
+    # Given up: this request (and any sharing the read) authenticates from the database
+    assert await _answer(cache.epoch()) is None
+    # The next read is sent, and answers
+    assert await _answer(cache.epoch()) == b"3"
+    # Reads serve many requests: they run in a context of their own, not the first one's
+    assert seen == [None, None]

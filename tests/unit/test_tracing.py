@@ -1,6 +1,7 @@
 """One trace per job across the API, the broker, every attempt and step, and the notifier."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -8,6 +9,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from errand.dev import DevSystem, build_dev_system
+from errand_api import fastpath
 from errand_schema.telemetry import flush_spans
 
 from helpers import wait_for
@@ -50,7 +52,7 @@ def _trace(trace_id: str) -> list[ReadableSpan]:
 
 @pytest.mark.parametrize("key_in_memory", [False, True], ids=["through-fastapi", "plain-path"])
 def test_one_job_is_one_trace_from_request_to_notification(
-    traced: tuple[TestClient, DevSystem], key_in_memory: bool
+    traced: tuple[TestClient, DevSystem], key_in_memory: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, system = traced
     cache = system.api.state.services.auth_cache
@@ -58,7 +60,11 @@ def test_one_job_is_one_trace_from_request_to_notification(
     cache.clear()
     if key_in_memory:  # the submission then takes the plain path (errand_api.fastpath)
         assert client.get("/v1/jobs").status_code == 200
+    plain: list[Any] = []
+    submit_plainly = fastpath._submit
+    monkeypatch.setattr(fastpath, "_submit", lambda *a: plain.append(a) or submit_plainly(*a))
     job_id = submit(client, "test.async", {"ticks": 1, "tick_s": 0})
+    assert len(plain) == (1 if key_in_memory else 0)
     job = wait_status(client, job_id)
     assert job["status"] == "completed"
     trace_id = job["trace_id"]

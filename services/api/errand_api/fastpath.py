@@ -19,6 +19,11 @@ app's own handler of :class:`~errand_api.errors.ApiError` (problem+json), and an
 else reaches the server-error handler as from a route. It runs inside
 :class:`~errand_api.main.RequestContext` (request id, size limit, HTTP metrics: the
 route is set on the scope so they name it) and inside tracing.
+
+It assumes the route has no dependencies but its parameters' (none on the route, its
+router or the app: ``tests/unit/api/test_plain_submission.py`` checks), and is not
+taken behind a ``root_path`` (the path it compares is the full one); a request that
+falls back waits for the auth epoch twice (here, then in FastAPI's dependency).
 """
 
 import json
@@ -97,7 +102,14 @@ def _submit(
         sub = Response()
         del sub.headers["content-length"]
         sub.status_code = None  # type: ignore[assignment]
-        result = jobs.submit_job(job, sub, session, services, principal, None)
+        result = jobs.submit_job(
+            body=job,
+            response=sub,
+            session=session,
+            services=services,
+            principal=principal,
+            idempotency_key=None,
+        )
         if isinstance(result, Response):
             return result
         return jobs.as_json(result, sub, 202)
@@ -110,6 +122,7 @@ def _bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None
     scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
     if scheme.lower() != "bearer" or not credentials:
         return None
     return credentials
@@ -153,5 +166,7 @@ def _job(body: bytes) -> JobCreate | None:
     """The body as FastAPI validates it (parsed, then the model), or None if it is not."""
     try:
         return JobCreate.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
+    # JSONDecodeError is a ValueError; a deeply nested body a RecursionError (FastAPI
+    # answers both: 400)
+    except (ValueError, RecursionError, ValidationError):
         return None

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from errand.dev import DevSystem
-from errand_api import fastpath, metrics
+from errand_api import deps, fastpath, main, metrics
+from errand_api.routes import jobs
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_anything_but_the_plain_case_is_left_to_fastapi_with_its_body(
     for _ in range(2):
         resp = api_client.post("/v1/jobs", content=content, headers={**key, **headers})
         answers.append((resp.status_code, resp.headers["content-type"]))
-        cache.clear()  # the second request: FastAPI's from the start
+        cache.clear()  # the second request: the key not in memory either
     assert plain == []
     assert answers[0] == answers[1]
     assert answers[0][0] == status
@@ -130,4 +131,31 @@ def test_without_a_key_in_memory_or_with_another_method_fastapi_answers(
     assert no_key.status_code == 401
     assert no_key.headers["www-authenticate"] == "Bearer"
     assert api_client.get("/v1/jobs").status_code == 200
+    assert plain == []
+
+
+def test_the_route_has_no_dependency_the_plain_path_would_skip(dev_system: DevSystem) -> None:
+    # The plain path gives the route's function its parameters itself: a dependency
+    # added to the route, its router or the app would be skipped there.
+    route = main._submit_route()
+    assert route.dependencies == []
+    assert jobs.router.dependencies == []
+    assert dev_system.api.router.dependencies == []
+    assert {d.call for d in route.dependant.dependencies} == {
+        deps.get_session,
+        deps.get_services,
+        deps.get_principal,
+    }
+
+
+def test_a_deeply_nested_body_is_left_to_fastapi(
+    api_client: TestClient, make_user: Callable[..., str], plain: list[str]
+) -> None:
+    key = {"Authorization": f"Bearer {make_user('sal')}"}
+    assert api_client.post("/v1/jobs", json={"type": "noop"}, headers=key).status_code == 202
+    nested = b'{"type": "noop", "payload": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    resp = api_client.post(
+        "/v1/jobs", content=nested, headers={**key, "Content-Type": "application/json"}
+    )
+    assert resp.status_code == 400
     assert plain == []

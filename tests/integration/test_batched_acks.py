@@ -2,6 +2,7 @@
 is settled as Dramatiq said (errand_worker.consumer), on a real RabbitMQ."""
 
 import random
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -80,6 +81,30 @@ def test_messages_settled_across_passes_each_go_out(broker: ErrandRabbitmqBroker
     assert next(consumer) is None
     consumer.close()
     _wait_counts(broker, queue, dead=0)
+
+
+def test_acks_from_worker_threads_are_all_sent_when_the_consumer_closes(
+    broker: ErrandRabbitmqBroker,
+) -> None:
+    # Dramatiq's worker threads settle their messages themselves, concurrently
+    queue = f"acks-{uuid.uuid4().hex[:8]}"
+    _fill(broker, queue, 16)
+    consumer = broker.consume(queue, prefetch=20, timeout=50)
+    got = _take(consumer, 16)
+    failed = got[::8]  # two of them
+
+    def settle(part: list[Any]) -> None:
+        for message in part:
+            (consumer.nack if message in failed else consumer.ack)(message)
+
+    threads = [threading.Thread(target=settle, args=(got[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # Closed before its connection ran another turn: close() sends what was queued first
+    consumer.close()
+    _wait_counts(broker, queue, dead=2)
 
 
 def _wait_counts(broker: ErrandRabbitmqBroker, queue: str, *, dead: int) -> None:

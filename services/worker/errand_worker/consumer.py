@@ -1,14 +1,16 @@
-"""RabbitMQ consumption with the acknowledgements of a pass sent together.
+"""RabbitMQ consumption with the acknowledgements of many messages sent together.
 
-Dramatiq's consumer thread takes the finished messages off its queue a batch at a
-time and settles each with its own callback on the connection, in which pika's
-blocking channel sends the ``basic.ack`` and then runs its I/O loop until the frame is
-written: a poll and a write per message, about a tenth of a worker process's Python
-under the drain benchmark (bench/README.md). Here a pass's settlements are queued in
-order and sent from one callback: every frame but the last goes into the
-connection's output buffer, and the last one's blocking call writes them all. Each
-message is still settled one by one (no ``multiple``): which messages are settled,
-and when, is what Dramatiq decides; only the write is shared.
+Dramatiq's worker threads settle each finished message through the consumer, which
+queues a callback on the consumer's connection per message; in it pika's blocking
+channel sends the ``basic.ack`` and then runs its I/O loop until the frame is written:
+a poll and a write per message, about a tenth of a worker process's Python under the
+drain benchmark (bench/README.md). Here the settlements made before the connection
+next runs its callbacks are queued in order and sent from one callback: every frame
+but the last goes into the connection's output buffer, and the last one's blocking
+call writes them all. Each message is still settled by itself (no ``multiple``):
+which messages are settled, and when, is what Dramatiq decides; only the write is
+shared. The callback is queued, under the same lock, by the first settlement after the
+last send, so it precedes any callback queued later (``close()`` waits for those).
 
 Dramatiq has no public consumer to extend: this subclasses its RabbitMQ consumer
 (``dramatiq.brokers.rabbitmq._RabbitmqConsumer``) and uses pika's channel
@@ -25,7 +27,7 @@ from dramatiq.errors import ConnectionClosed
 
 
 class BatchedAckConsumer(_RabbitmqConsumer):
-    """A Dramatiq RabbitMQ consumer whose acks and nacks of one pass share a write."""
+    """A Dramatiq RabbitMQ consumer whose acks and nacks share writes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -34,7 +36,7 @@ class BatchedAckConsumer(_RabbitmqConsumer):
         self._pending: list[tuple[int, bool]] = []
 
     def ack(self, message: Any) -> None:
-        """Acknowledge ``message`` with the rest of this pass."""
+        """Acknowledge ``message`` (sent with the others made before the next send)."""
         self._settle(message, True)
 
     def nack(self, message: Any) -> None:
@@ -56,17 +58,17 @@ class BatchedAckConsumer(_RabbitmqConsumer):
     def _queue(self, tag: int, ok: bool) -> None:
         with self._settle_lock:
             self._pending.append((tag, ok))
-            first = len(self._pending) == 1
-        if not first:
-            return  # the callback queued by the first of the pass sends it too
-        try:
-            self.connection.add_callback_threadsafe(self._send_pending)
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
-            # Unsent, as Dramatiq's own would be: the broker redelivers them to the next
-            # consumer, and the attempt fence refuses what already ran.
-            with self._settle_lock:
+            if len(self._pending) > 1:
+                return  # the callback queued by the first since the last send sends it
+            try:
+                # Under the lock (it does not block): queued before any later callback.
+                self.connection.add_callback_threadsafe(self._send_pending)
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                # The connection is gone: nothing queued here can be sent, as with
+                # Dramatiq's own consumer; the broker redelivers those messages to the
+                # next consumer, and the attempt fence refuses what already ran.
                 self._pending.clear()
-            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+                raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
 
     def _send_pending(self) -> None:
         """Send the queued settlements, on the connection's thread: one write for all."""

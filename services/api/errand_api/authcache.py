@@ -103,16 +103,19 @@ class AuthCache:
             value = await asyncio.wait_for(self._redis.get(self._key), EPOCH_TIMEOUT_S)
             epoch = value if value is not None else b"0"
         except asyncio.CancelledError:  # the loop is closing: nobody waits for an answer
-            self._answer_next(None)
+            if self._reading is asyncio.current_task():
+                self._answer_next(None)
             raise
         except Exception:  # a cache never fails a request: read the database instead
             logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
         finally:
-            if self._reading is asyncio.current_task():  # not an old loop's read
+            current = self._reading is asyncio.current_task()  # not an old loop's read
+            if current:
                 self._reading = None
             if not waiting.done():
                 waiting.set_result(epoch)
-        self._send()  # the callers that came while this read was out
+        if current:
+            self._send()  # the callers that came while this read was out
 
     def _answer_next(self, epoch: bytes | None) -> None:
         waiting, self._next = self._next, None

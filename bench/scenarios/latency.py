@@ -8,6 +8,7 @@
 
 import asyncio
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -63,10 +64,7 @@ async def submit_and_watch(
     finally:
         await client.disconnect()
     delays = [delay for j, _, delay in seen if j in ids]
-    kinds: dict[str, int] = {}
-    for j, kind, _ in seen:
-        if j in ids:
-            kinds[kind] = kinds.get(kind, 0) + 1
+    kinds = dict(Counter(kind for j, kind, _ in seen if j in ids))
     return stats, delays, kinds
 
 

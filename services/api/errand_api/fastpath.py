@@ -31,6 +31,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import ValidationError
 from sqlmodel import Session
 from starlette.datastructures import Headers
@@ -118,11 +119,9 @@ def _submit(
 
 
 def _bearer(authorization: str | None) -> str | None:
-    """The token of ``Authorization: Bearer <token>`` (as FastAPI's ``HTTPBearer``)."""
-    if not authorization:
-        return None
-    scheme, _, credentials = authorization.partition(" ")
-    credentials = credentials.strip()
+    """The token of ``Authorization: Bearer <token>``, parsed as FastAPI's ``HTTPBearer``
+    parses it."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
     if scheme.lower() != "bearer" or not credentials:
         return None
     return credentials

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from browser_support import BrowserPage, DevServer, sign_in, wait_status
 
@@ -116,11 +116,60 @@ def test_cancelling_a_running_job_from_its_page(ui: BrowserPage, dev_server: Dev
     dialog.get_by_role("button", name="Cancel job").click()
     # Then the page shows it cancelled, live, with the cancellation in the audit history
     expect(badge).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
-    expect(page.locator("#events-table")).to_contain_text("cancelled")
+    # (a read of the history that follows the live event: as long as the badge may take)
+    expect(page.locator("#events-table")).to_contain_text("cancelled", timeout=JOB_TIMEOUT_MS)
     expect(page.get_by_role("button", name="Retry", exact=True)).to_be_enabled()
     assert dev_server.job(job_id)["status"] == "cancelled"
     ui.screenshot("job-cancelled")
     ui.assert_no_console_errors()
+
+
+def test_a_long_audit_history_is_read_to_its_end(ui: BrowserPage, dev_server: DevServer) -> None:
+    # Given a finished job with more events than one read of the history returns (the
+    # page asks for 500 at a time, the API answers at most 1,000)
+    job_id = dev_server.submit(
+        "demo.pipeline", {"steps": [{"name": "busy", "duration_s": 1.2, "ticks": 1200}]}
+    )
+    wait_status(dev_server, job_id, "completed")
+    last_seq = dev_server.job(job_id)["seq"]
+    page = ui.page
+    sign_in(page, dev_server.url, dev_server.api_key)
+    # When the admin opens its page
+    page.goto(f"{dev_server.url}/admin#/jobs/{job_id}")
+    # Then the history reaches the job's last event, every tick counted
+    table = page.locator("#events-table")
+    expect(table.locator(f"tr[data-seq='{last_seq}']")).to_contain_text("completed")
+    expect(table).to_contain_text("1200 progress ticks folded.")
+    ui.screenshot("job-long-history")
+    ui.assert_no_console_errors()
+
+
+def test_the_audit_history_recovers_from_a_failed_read(
+    ui: BrowserPage, dev_server: DevServer
+) -> None:
+    # Given a finished job, and a network that drops the page's first read of its history
+    job_id = dev_server.submit("demo.pipeline", {"steps": [{"name": "one", "duration_s": 0.1}]})
+    wait_status(dev_server, job_id, "completed")
+    last_seq = dev_server.job(job_id)["seq"]
+    page = ui.page
+    sign_in(page, dev_server.url, dev_server.api_key)
+    dropped: list[str] = []
+
+    def drop_first(route: Route) -> None:
+        if not dropped:
+            dropped.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/v1/jobs/[^/]+/events\?.*"), drop_first)
+    # When the admin opens its page
+    page.goto(f"{dev_server.url}/admin#/jobs/{job_id}")
+    # Then the page says the read failed, tries again by itself, and shows the history
+    expect(page.locator(".page-alert")).to_contain_text("Could not read the history")
+    expect(page.locator(f"#events-table tr[data-seq='{last_seq}']")).to_contain_text("completed")
+    expect(page.locator(".page-alert")).to_have_text("")
+    assert len(dropped) == 1
 
 
 def test_a_dead_job_requeued_from_the_dlq_view_completes(

@@ -8,6 +8,12 @@ import { confirmAction, progressBar, setStatus, statusBadge, toast } from "../li
 import { renderAttempts, renderEvents, renderSteps, traceLink } from "./job_parts.js";
 
 const RETRYABLE = new Set(["failed", "dead", "cancelled"]);
+/** Events read per request of the audit history (the API allows up to 1,000). */
+const EVENTS_PAGE = 500;
+/** A failed history read is tried again after this, doubling up to the maximum. */
+const EVENTS_RETRY_MS = 1000;
+const EVENTS_RETRY_MAX_MS = 30_000;
+const HISTORY_PROBLEM = "Could not read the history";
 
 /** The job as listings show it (masked payload), or null. */
 async function readJob(api, id) {
@@ -147,16 +153,30 @@ export function renderJob(ctx, route) {
     }
   }, 500);
 
-  // One read at a time, each after the last seq seen: no gaps, no repeats.
+  // One read at a time, each after the last seq seen, page by page: no gaps, no
+  // repeats. A failed read (or one the API never answers: the client gives up on it)
+  // is tried again, later each time, so one bad read cannot leave the history stale.
   let reading = Promise.resolve();
+  let retryDelay = EVENTS_RETRY_MS;
+  let retryTimer = null;
   const readEvents = async () => {
     try {
-      const after = history.length ? history[history.length - 1].seq : 0;
-      const more = await api.get(`/v1/jobs/${id}/events`, { after_seq: after });
-      history = history.concat(more.filter((e) => e.seq > after));
-      if (!closed) renderEvents(events, history, showTicks.checked);
+      for (;;) {
+        const after = history.length ? history[history.length - 1].seq : 0;
+        const more = await api.get(`/v1/jobs/${id}/events`, { after_seq: after, limit: EVENTS_PAGE });
+        if (closed) return;
+        history = history.concat(more.filter((e) => e.seq > after));
+        renderEvents(events, history, showTicks.checked);
+        if (more.length < EVENTS_PAGE) break;
+      }
+      retryDelay = EVENTS_RETRY_MS;
+      if (problem.textContent.startsWith(HISTORY_PROBLEM)) setText(problem, "");
     } catch (err) {
-      setText(problem, `Could not read the history: ${err.message}`);
+      if (closed) return;
+      setText(problem, `${HISTORY_PROBLEM}: ${err.message}`);
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(() => refreshEvents(), retryDelay);
+      retryDelay = Math.min(retryDelay * 2, EVENTS_RETRY_MAX_MS);
     }
   };
   const refreshEvents = throttle(() => {
@@ -276,6 +296,7 @@ export function renderJob(ctx, route) {
     offEvent();
     offConnect();
     clearInterval(timer);
+    clearTimeout(retryTimer);
     live.unsubscribe(id);
   };
 }

@@ -15,6 +15,9 @@ export class ApiError extends Error {
  * @param {() => string | null} getToken the current key
  * @param {() => void} onUnauthorized called on a 401 (the key was revoked)
  */
+/** A read the API has not answered in this long fails (and can be tried again). */
+const READ_TIMEOUT_MS = 30_000;
+
 export function createApi(getToken, onUnauthorized = () => {}) {
   async function request(method, path, { query, body } = {}) {
     const url = new URL(path, window.location.origin);
@@ -35,8 +38,13 @@ export function createApi(getToken, onUnauthorized = () => {}) {
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: "no-store",
+        // Only reads: a write given up on here could still be done by the API.
+        signal: method === "GET" ? AbortSignal.timeout(READ_TIMEOUT_MS) : undefined,
       });
     } catch (err) {
+      if (err.name === "TimeoutError") {
+        throw new ApiError(0, { title: "Timeout", detail: "The API did not answer in time." });
+      }
       throw new ApiError(0, { title: "Network error", detail: "The API could not be reached." });
     }
     if (response.status === 401) onUnauthorized();

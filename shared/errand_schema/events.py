@@ -182,6 +182,10 @@ class BackgroundEventPublisher(EventPublisher):
     catch up from there).
     """
 
+    #: Whether a thread of its own writes what is published (else the callers of
+    #: :meth:`flush` do).
+    writer_thread = True
+
     def __init__(
         self, redis: StreamWriter, prefix: str, maxlen: int = 100_000, max_pending: int = 50_000
     ) -> None:
@@ -201,8 +205,10 @@ class BackgroundEventPublisher(EventPublisher):
         self._own: Redis | None = None
         #: Where that connection comes from (None: a client without a pool).
         self._pool = getattr(redis, "connection_pool", None)
-        self._thread = threading.Thread(target=self._run, name="errand-events", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if self.writer_thread:
+            self._thread = threading.Thread(target=self._run, name="errand-events", daemon=True)
+            self._thread.start()
 
     def publish(self, events: Iterable[JobEventMessage]) -> None:
         """Hand the events to the writer thread, in order (after :meth:`close`, write
@@ -254,7 +260,8 @@ class BackgroundEventPublisher(EventPublisher):
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        self._thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
         with self._writing:
             self._write_pending()  # published between the flush and the flag
             self._release()
@@ -325,6 +332,31 @@ class BackgroundEventPublisher(EventPublisher):
         with self._changed:
             self._written += len(batch)
             self._changed.notify_all()
+
+
+class SharedEventPublisher(BackgroundEventPublisher):
+    """An :class:`EventPublisher` whose :meth:`publish` returns once the events are in
+    the stream, as the plain one's, but whose concurrent callers share their writes
+    (the API).
+
+    The caller that takes the write lock appends everything pending, its own events
+    and those of the threads that published meanwhile, in one script run on one
+    connection of its own; the others find theirs written when they get the lock (or
+    wait for the writer, see :meth:`BackgroundEventPublisher.flush`). Under load one
+    Redis round trip serves several submissions, and none checks a connection out of
+    the pool: a round trip per submission was about a tenth of the API's CPU per
+    ``POST /v1/jobs`` (bench/README.md). No thread of its own: the callers write.
+    """
+
+    writer_thread = False
+
+    def publish(self, events: Iterable[JobEventMessage]) -> None:
+        """Append the events to the stream, in order, with whatever else is pending."""
+        events = list(events)
+        if not events:
+            return
+        super().publish(events)
+        self.flush()
 
 
 def parse_stream_entry(fields: dict[Any, Any]) -> JobEventMessage:

@@ -1,7 +1,8 @@
 """The worker's background event publisher on the real Redis: entries reach the stream
 in the order they were published, ``flush`` waits for them, the step message is sent
 only after the events before it are in the stream, and a Redis outage neither blocks
-nor fails the publisher."""
+nor fails the publisher. The API's shared publisher: ``publish`` returns once its
+events are in the stream, and concurrent callers share one write."""
 
 import logging
 import threading
@@ -20,12 +21,14 @@ from errand_schema.events import (
     BackgroundEventPublisher,
     EventType,
     JobEventMessage,
+    SharedEventPublisher,
     parse_stream_entry,
     stream_key,
 )
 from errand_schema.messages import RunJobStep
 from errand_worker.broker import make_enqueue
 
+from helpers import wait_for
 from resources import REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -61,8 +64,11 @@ class Publishers:
         self.client = redis.Redis.from_url(REDIS_URL)
         self.made: list[BackgroundEventPublisher] = []
 
-    def __call__(self, client: Any = None, **options: Any) -> BackgroundEventPublisher:
-        publisher = BackgroundEventPublisher(client or self.client, self.prefix, **options)
+    def __call__(
+        self, client: Any = None, *, shared: bool = False, **options: Any
+    ) -> BackgroundEventPublisher:
+        kind = SharedEventPublisher if shared else BackgroundEventPublisher
+        publisher = kind(client or self.client, self.prefix, **options)
         self.made.append(publisher)
         return publisher
 
@@ -222,6 +228,7 @@ def test_a_refused_connection_is_given_up_on_not_waited_for(publishers: Publishe
         publisher.publish([_event(job_id, seq)])
     assert publisher.flush(10), "given up on, not stuck"
     publisher.close()
+    assert publisher._thread is not None
     assert not publisher._thread.is_alive()
 
 
@@ -275,3 +282,99 @@ def test_a_client_without_a_pool_is_written_through_its_pipeline(
     assert publisher.flush(10)
     assert publisher._own is None
     assert [e.seq for e in publishers.stream()] == [1, 2, 3]
+
+
+class CountingGate:
+    """Counts the publishers' script runs (one per write) and holds the first one until
+    ``released``."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.held = threading.Event()
+        self.runs: list[int] = []
+
+    def pass_(self, entries: int) -> None:
+        self.runs.append(entries)
+        if len(self.runs) == 1:
+            self.held.set()
+            self.released.wait(30)
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingGate]:
+    made = CountingGate()
+
+    class CountedRedis(redis.Redis):
+        def eval(self, script: Any, numkeys: int, *args: Any) -> Any:
+            made.pass_(len(args) - numkeys - 1)  # the keys and maxlen, then entries
+            return super().eval(script, numkeys, *args)
+
+    monkeypatch.setattr(events, "Redis", CountedRedis)
+    yield made
+    made.released.set()
+
+
+def test_the_shared_publisher_returns_once_the_events_are_in_the_stream(
+    publishers: Publishers,
+) -> None:
+    publisher = publishers(shared=True)
+    assert publisher._thread is None  # its callers write
+    jobs = [uuid.uuid4() for _ in range(4)]
+    missing: list[tuple[uuid.UUID, int]] = []
+
+    def produce(job_id: uuid.UUID) -> None:
+        for seq in range(1, 41):
+            publisher.publish([_event(job_id, seq)])
+            # In the stream when publish returns (what the API's 202 promises)
+            if seq not in [e.seq for e in publishers.stream() if e.job_id == job_id]:
+                missing.append((job_id, seq))
+
+    threads = [threading.Thread(target=produce, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert missing == []
+    written = publishers.stream()
+    for job_id in jobs:
+        assert [e.seq for e in written if e.job_id == job_id] == list(range(1, 41))
+
+
+def test_concurrent_callers_of_the_shared_publisher_share_one_write(
+    publishers: Publishers, counting: CountingGate
+) -> None:
+    publisher = publishers(shared=True)
+    job_id = uuid.uuid4()
+    done: list[int] = []
+
+    def publish(seq: int) -> None:
+        publisher.publish([_event(job_id, seq)])
+        done.append(seq)
+
+    # The first caller's write is held (a slow Redis)...
+    first = threading.Thread(target=publish, args=(1,))
+    first.start()
+    assert counting.held.wait(10)
+    # ...while two more callers publish: their events wait for the write lock
+    others = [threading.Thread(target=publish, args=(seq,)) for seq in (2, 3)]
+    for t in others:
+        t.start()
+    wait_for(lambda: len(publisher._pending) == 2, what="both events handed over")
+    assert done == []
+    counting.released.set()
+    for t in [first, *others]:
+        t.join(10)
+    # One write for the first event, one for the two others together
+    assert sorted(done) == [1, 2, 3]
+    assert counting.runs == [1, 2]
+    assert [e.seq for e in publishers.stream()] in ([1, 2, 3], [1, 3, 2])
+
+
+def test_the_shared_publisher_never_raises_when_redis_is_away(publishers: Publishers) -> None:
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    publisher = publishers(down, shared=True)
+    job_id = uuid.uuid4()
+    for seq in range(1, 4):
+        publisher.publish([_event(job_id, seq)])  # logged, not raised
+    publisher.publish([])  # nothing to write: no wait at all
+    publisher.close()

@@ -52,7 +52,7 @@ from errand_api.submission import SubmissionRules
 from errand_schema.auth import ensure_bootstrap_admin
 from errand_schema.db import create_db_engine, warn_about_server
 from errand_schema.estimates import Estimator
-from errand_schema.events import EventPublisher
+from errand_schema.events import SharedEventPublisher
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
 from errand_schema.masking import configure_masking
@@ -99,7 +99,7 @@ def create_app(
         engine=engine,
         broker=broker,
         publisher=Publisher(broker),
-        events=EventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
+        events=SharedEventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
         catalog=Catalog(settings.job_type_cache_s),
         redis_ping=RedisPing(redis),
         limiter=TokenBucket(redis, settings.redis_prefix),

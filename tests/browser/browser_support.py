@@ -1,12 +1,13 @@
 """Helpers of the browser tests: the dev server handle, pages that collect console
-errors, sign-in and waiting on a job's status."""
+errors and a log of their traffic, sign-in and waiting on a job's status."""
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, Request, WebSocket, expect
 
 from helpers import wait_for
 
@@ -40,6 +41,11 @@ class BrowserPage:
     page: Page
     out_dir: Path
     errors: list[str] = field(default_factory=list)
+    #: The page's requests, live-feed frames (progress ticks left out) and console
+    #: lines, each with the seconds since the page opened.
+    traffic: list[str] = field(default_factory=list)
+    #: Requests sent and not answered yet.
+    pending: dict[Request, str] = field(default_factory=dict)
 
     def screenshot(self, name: str) -> Path:
         """Save a full-page screenshot in the test's output folder."""
@@ -49,6 +55,13 @@ class BrowserPage:
         self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(path), full_page=True)
         return path
+
+    def traffic_report(self, last: int = 60) -> str:
+        """The requests still unanswered and the latest traffic (printed by the
+        fixtures, so shown when a test fails)."""
+        lines = ["unanswered requests:", *(f"  {r}" for r in self.pending.values())]
+        lines += [f"last {last} of {len(self.traffic)} traffic lines:", *self.traffic[-last:]]
+        return "\n".join(lines)
 
     def assert_no_console_errors(self) -> None:
         """Fail on any console error or uncaught exception seen so far."""
@@ -62,15 +75,46 @@ def open_page(browser: Browser, tmp_path: Path, viewport: dict[str, int]) -> Bro
     page.set_default_timeout(20_000)
     result = BrowserPage(page, tmp_path)
 
+    opened = time.monotonic()
+
+    def note(line: str) -> None:
+        result.traffic.append(f"{time.monotonic() - opened:8.2f}s {line[:300]}")
+
     def on_console(message: ConsoleMessage) -> None:
+        note(f"console.{message.type}: {message.text}")
         if message.type == "error":
             result.errors.append(f"console: {message.text} ({message.location.get('url')})")
+
+    def on_request(request: Request) -> None:
+        result.pending[request] = (
+            f"{time.monotonic() - opened:8.2f}s {request.method} {request.url}"
+        )
+        note(f"-> {request.method} {request.url}")
+
+    def on_done(request: Request) -> None:
+        result.pending.pop(request, None)
+        failure = request.failure
+        note(f"<- {request.url}" + (f" FAILED {failure}" if failure else ""))
+
+    def on_frame(payload: str | bytes) -> None:
+        text = payload if isinstance(payload, str) else repr(payload)
+        if '"progress"' not in text:
+            note(f"ws <- {text}")
+
+    def on_websocket(ws: WebSocket) -> None:
+        note(f"ws open {ws.url}")
+        ws.on("framereceived", on_frame)
+        ws.on("close", lambda _ws: note("ws closed"))
 
     def on_page_error(error: Error) -> None:
         result.errors.append(f"pageerror: {error}")
 
     page.on("console", on_console)
     page.on("pageerror", on_page_error)
+    page.on("request", on_request)
+    page.on("requestfinished", on_done)
+    page.on("requestfailed", on_done)
+    page.on("websocket", on_websocket)
     return result
 
 

@@ -109,6 +109,7 @@ def ui(browser: Browser, tmp_path: Path) -> Iterator[BrowserPage]:
     """A laptop-sized page; its context is closed afterwards."""
     opened = open_page(browser, tmp_path, LAPTOP)
     yield opened
+    print(opened.traffic_report())  # shown when the test failed
     opened.page.context.close()
 
 
@@ -117,4 +118,5 @@ def phone_ui(browser: Browser, tmp_path: Path) -> Iterator[BrowserPage]:
     """A phone-sized page; its context is closed afterwards."""
     opened = open_page(browser, tmp_path, PHONE)
     yield opened
+    print(opened.traffic_report())  # shown when the test failed
     opened.page.context.close()

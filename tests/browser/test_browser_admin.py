@@ -2,10 +2,11 @@
 job page (cancel), the dead-letter queue (requeue), on laptop and phone widths."""
 
 import re
+import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Route, expect
+from playwright.sync_api import Route, WebSocketRoute, expect
 
 from browser_support import BrowserPage, DevServer, sign_in, wait_status
 
@@ -122,6 +123,45 @@ def test_cancelling_a_running_job_from_its_page(ui: BrowserPage, dev_server: Dev
     assert dev_server.job(job_id)["status"] == "cancelled"
     ui.screenshot("job-cancelled")
     ui.assert_no_console_errors()
+
+
+def test_the_page_catches_up_with_a_change_whose_live_events_were_lost(
+    ui: BrowserPage, dev_server: DevServer
+) -> None:
+    # Given a running job on its page, the live feed on its websocket
+    job_id = dev_server.submit(
+        "demo.pipeline", {"steps": [{"name": "long", "duration_s": 60, "ticks": 600}]}
+    )
+    page = ui.page
+    sockets: list[WebSocketRoute] = []
+    lose = {"events": False}
+
+    def relay(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        sockets.append(ws)
+        server.on_message(lambda message: None if lose["events"] else ws.send(message))
+        ws.on_message(lambda message: server.send(message))
+
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), relay)
+    sign_in(page, dev_server.url, dev_server.api_key)
+    page.goto(f"{dev_server.url}/admin#/jobs/{job_id}")
+    badge = page.locator(".job-head .status")
+    expect(badge).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    deadline = time.monotonic() + 30
+    while not sockets and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets Playwright run the route's handler
+    assert sockets, "the live feed moved to a websocket"
+    # When the job is cancelled while the feed loses every event (the cancellation's too)
+    lose["events"] = True
+    resp = dev_server.http.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202, resp.text
+    wait_status(dev_server, job_id, "cancelled")
+    # and the feed then reconnects (its subscription's answer holds the new state)
+    lose["events"] = False
+    sockets[-1].close()
+    # Then the page shows the job cancelled, with the cancellation in its history
+    expect(badge).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#events-table")).to_contain_text("cancelled")
 
 
 def test_a_long_audit_history_is_read_to_its_end(ui: BrowserPage, dev_server: DevServer) -> None:

@@ -14,6 +14,10 @@ const EVENTS_PAGE = 500;
 const EVENTS_RETRY_MS = 1000;
 const EVENTS_RETRY_MAX_MS = 30_000;
 const HISTORY_PROBLEM = "Could not read the history";
+/** A history read not answered in this long fails (and is tried again). */
+const EVENTS_TIMEOUT_MS = 15_000;
+/** How often the page checks that its history has every event of the job's seq. */
+const HISTORY_CHECK_S = 5;
 
 /** The job as listings show it (masked payload), or null. */
 async function readJob(api, id) {
@@ -138,8 +142,7 @@ export function renderJob(ctx, route) {
       }
       // A read can overtake the live events it includes (they are then skipped as
       // old): the history catches up from the job's own seq.
-      const lastSeen = history.length ? history[history.length - 1].seq : 0;
-      if (fresh.seq > lastSeen) refreshEvents();
+      if (historyBehind()) refreshEvents();
     } catch (err) {
       setText(problem, `Could not read the job: ${err.message}`);
     }
@@ -153,6 +156,9 @@ export function renderJob(ctx, route) {
     }
   }, 500);
 
+  /** Whether the job has events the history has not read yet. */
+  const historyBehind = () => Boolean(job) && job.seq > (history.length ? history[history.length - 1].seq : 0);
+
   // One read at a time, each after the last seq seen, page by page: no gaps, no
   // repeats. A failed read (or one the API never answers: the client gives up on it)
   // is tried again, later each time, so one bad read cannot leave the history stale.
@@ -163,7 +169,8 @@ export function renderJob(ctx, route) {
     try {
       for (;;) {
         const after = history.length ? history[history.length - 1].seq : 0;
-        const more = await api.get(`/v1/jobs/${id}/events`, { after_seq: after, limit: EVENTS_PAGE });
+        const more = await api.get(
+          `/v1/jobs/${id}/events`, { after_seq: after, limit: EVENTS_PAGE }, { timeoutMs: EVENTS_TIMEOUT_MS });
         if (closed) return;
         history = history.concat(more.filter((e) => e.seq > after));
         renderEvents(events, history, showTicks.checked);
@@ -262,6 +269,12 @@ export function renderJob(ctx, route) {
     if (!job || ack.job.seq >= job.seq) {
       job = ack.job;
       drawAll();
+      // The ack's job already holds what its missed events did (onEvent skips them
+      // as old now): the attempts and the history are read for them here.
+      if (historyBehind()) {
+        refreshAttempts();
+        refreshEvents();
+      }
     }
     for (const event of ack.missed || []) onEvent(event);
   };
@@ -287,9 +300,13 @@ export function renderJob(ctx, route) {
 
   const offEvent = live.on("job_event", onEvent);
   const offConnect = live.on("connect", subscribe);
-  // The duration of a running job keeps growing.
+  // The duration of a running job keeps growing; and whatever path a change took to
+  // this page, the history catches up with the job within a few seconds.
+  let ticks = 0;
   const timer = setInterval(() => {
     if (job && job.status === "running") drawDuration();
+    ticks += 1;
+    if (ticks % HISTORY_CHECK_S === 0 && historyBehind()) refreshEvents();
   }, 1000);
   return () => {
     closed = true;

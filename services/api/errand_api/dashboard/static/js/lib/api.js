@@ -19,7 +19,7 @@ export class ApiError extends Error {
 const READ_TIMEOUT_MS = 30_000;
 
 export function createApi(getToken, onUnauthorized = () => {}) {
-  async function request(method, path, { query, body } = {}) {
+  async function request(method, path, { query, body, timeoutMs = READ_TIMEOUT_MS } = {}) {
     const url = new URL(path, window.location.origin);
     for (const [name, value] of Object.entries(query || {})) {
       if (value === null || value === undefined || value === "") continue;
@@ -39,7 +39,7 @@ export function createApi(getToken, onUnauthorized = () => {}) {
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: "no-store",
         // Only reads: a write given up on here could still be done by the API.
-        signal: method === "GET" ? AbortSignal.timeout(READ_TIMEOUT_MS) : undefined,
+        signal: method === "GET" ? AbortSignal.timeout(timeoutMs) : undefined,
       });
     } catch (err) {
       if (err.name === "TimeoutError") {
@@ -55,7 +55,7 @@ export function createApi(getToken, onUnauthorized = () => {}) {
     return response.status === 204 ? null : response.json();
   }
   return {
-    get: (path, query) => request("GET", path, { query }),
+    get: (path, query, { timeoutMs } = {}) => request("GET", path, { query, timeoutMs }),
     post: (path, body = {}) => request("POST", path, { body }),
     delete: (path) => request("DELETE", path),
   };

@@ -162,6 +162,9 @@ return #ARGV - 1
 """
 
 
+#: How long :meth:`BackgroundEventPublisher.flush` waits for the write lock at a time
+#: before it looks again whether its entries were written meanwhile.
+FLUSH_TRY_S = 0.05
 #: During a Redis outage, one warning per this many seconds for the events dropped.
 DROP_REPORT_S = 10.0
 
@@ -244,14 +247,24 @@ class BackgroundEventPublisher(EventPublisher):
         deadline = time.monotonic() + timeout_s
         with self._changed:
             target = self._published
-        if self._writing.acquire(timeout=timeout_s):
-            try:
-                self._write_pending()
-            finally:
-                self._writing.release()
-        left = max(0.0, deadline - time.monotonic())
-        with self._changed:
-            return self._changed.wait_for(lambda: self._written >= target, left)
+        while True:
+            with self._changed:
+                if self._written >= target:
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # Short tries: a caller whose entries another writer took meanwhile returns
+            # once they are written instead of queueing for the lock behind later
+            # writers (a lock has no turns).
+            if self._writing.acquire(timeout=min(left, FLUSH_TRY_S)):
+                try:
+                    with self._changed:
+                        written = self._written >= target
+                    if not written:
+                        self._write_pending()
+                finally:
+                    self._writing.release()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is pending (for at most ``timeout_s``) and stop the thread; later
@@ -341,22 +354,60 @@ class SharedEventPublisher(BackgroundEventPublisher):
 
     The caller that takes the write lock appends everything pending, its own events
     and those of the threads that published meanwhile, in one script run on one
-    connection of its own; the others find theirs written when they get the lock (or
-    wait for the writer, see :meth:`BackgroundEventPublisher.flush`). Under load one
-    Redis round trip serves several submissions, and none checks a connection out of
-    the pool: a round trip per submission was about a tenth of the API's CPU per
-    ``POST /v1/jobs`` (bench/README.md). No thread of its own: the callers write.
+    connection of its own; the others find theirs written by then (see
+    :meth:`BackgroundEventPublisher.flush`). Under load one Redis round trip serves
+    several submissions, and none checks a connection out of the pool: a round trip
+    per submission was about a tenth of the API's CPU per ``POST /v1/jobs``
+    (bench/README.md). No writer thread: the callers write, but for a write held up
+    past ``flush_timeout_s`` (see :meth:`publish`).
     """
 
     writer_thread = False
 
+    def __init__(
+        self,
+        redis: StreamWriter,
+        prefix: str,
+        maxlen: int = 100_000,
+        max_pending: int = 50_000,
+        flush_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(redis, prefix, maxlen, max_pending)
+        self._flush_timeout_s = flush_timeout_s
+        #: Writes what a flush left pending (see :meth:`_write_later`), while it runs.
+        self._late: threading.Thread | None = None
+
     def publish(self, events: Iterable[JobEventMessage]) -> None:
-        """Append the events to the stream, in order, with whatever else is pending."""
+        """Append the events to the stream, in order, with whatever else is pending.
+
+        When a write in progress holds the lock past ``flush_timeout_s`` (Redis
+        slow, not down: a refused connection fails at once), this returns with its
+        events still pending (the caller goes on: the job is committed and its events
+        are in ``job_events``, where clients catch up), and a thread writes them once
+        the lock is free, so they do not wait for the next publish.
+        """
         events = list(events)
         if not events:
             return
         super().publish(events)
-        self.flush()
+        if not self.flush(self._flush_timeout_s):
+            self._write_later()
+
+    def _write_later(self) -> None:
+        """Start the thread that writes what is pending once the write lock is free
+        (one at a time)."""
+        with self._changed:
+            if self._late is not None and self._late.is_alive():
+                return
+            self._late = threading.Thread(
+                target=self._write_when_free, name="errand-events-late", daemon=True
+            )
+            self._late.start()
+        logger.warning("the event stream is slow: events left to a background write")
+
+    def _write_when_free(self) -> None:
+        with self._writing:
+            self._write_pending()
 
 
 def parse_stream_entry(fields: dict[Any, Any]) -> JobEventMessage:

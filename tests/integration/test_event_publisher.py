@@ -376,5 +376,30 @@ def test_the_shared_publisher_never_raises_when_redis_is_away(publishers: Publis
     job_id = uuid.uuid4()
     for seq in range(1, 4):
         publisher.publish([_event(job_id, seq)])  # logged, not raised
-    publisher.publish([])  # nothing to write: no wait at all
+    publisher.publish([])  # nothing to write
     publisher.close()
+    # Every write was tried and given up on: nothing is left waiting
+    assert publisher._pending == []
+
+
+def test_a_write_held_past_the_deadline_leaves_the_rest_to_a_late_writer(
+    publishers: Publishers, counting: CountingGate, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = publishers(shared=True, flush_timeout_s=0.2)
+    job_id = uuid.uuid4()
+    # The first caller's write hangs (a slow Redis)...
+    first = threading.Thread(target=publisher.publish, args=([_event(job_id, 1)],))
+    first.start()
+    assert counting.held.wait(10)
+    # ...so a second caller gives up waiting at its deadline and goes on, its event
+    # pending, with a warning
+    with caplog.at_level(logging.WARNING, logger="errand_schema.events"):
+        publisher.publish([_event(job_id, 2)])
+    assert publishers.stream() == []
+    assert publisher._pending != []
+    assert any("background write" in r.getMessage() for r in caplog.records)
+    # Once the slow write ends, the late writer appends the rest without another publish
+    counting.released.set()
+    first.join(10)
+    wait_for(lambda: [e.seq for e in publishers.stream()] == [1, 2], what="both events written")
+    assert counting.runs == [1, 1]

@@ -128,6 +128,7 @@ def create_app(
             with Session(engine) as session:
                 ensure_bootstrap_admin(session, settings.bootstrap_admin_key.get_secret_value())
         yield
+        services.events.close()  # anything a slow write left pending
 
     app = FastAPI(
         title="Errand API",

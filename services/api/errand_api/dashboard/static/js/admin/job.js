@@ -16,8 +16,8 @@ const EVENTS_RETRY_MAX_MS = 30_000;
 const HISTORY_PROBLEM = "Could not read the history";
 /** A history read not answered in this long fails (and is tried again). */
 const EVENTS_TIMEOUT_MS = 15_000;
-/** How often the page checks that its history has every event of the job's seq. */
-const HISTORY_CHECK_S = 5;
+/** How often the page checks itself against the job (see the timer in renderJob). */
+const SELF_CHECK_S = 5;
 
 /** The job as listings show it (masked payload), or null. */
 async function readJob(api, id) {
@@ -156,8 +156,12 @@ export function renderJob(ctx, route) {
     }
   }, 500);
 
-  /** Whether the job has events the history has not read yet. */
-  const historyBehind = () => Boolean(job) && job.seq > (history.length ? history[history.length - 1].seq : 0);
+  // The highest seq of the progress ticks that came live right after what the history
+  // holds: folded, they need no read.
+  let foldedTo = 0;
+  const covered = () => Math.max(history.length ? history[history.length - 1].seq : 0, foldedTo);
+  /** Whether the job has events the history has not read (folded live ticks aside). */
+  const historyBehind = () => Boolean(job) && job.seq > covered();
 
   // One read at a time, each after the last seq seen, page by page: no gaps, no
   // repeats. A failed read (or one the API never answers: the client gives up on it)
@@ -182,12 +186,22 @@ export function renderJob(ctx, route) {
       if (closed) return;
       setText(problem, `${HISTORY_PROBLEM}: ${err.message}`);
       clearTimeout(retryTimer);
-      retryTimer = setTimeout(() => refreshEvents(), retryDelay);
+      retryTimer = setTimeout(() => {
+        retryTimer = null;
+        refreshEvents();
+      }, retryDelay);
       retryDelay = Math.min(retryDelay * 2, EVENTS_RETRY_MAX_MS);
     }
   };
+  // At most one read waits behind the one under way (it reads everything new).
+  let queued = false;
   const refreshEvents = throttle(() => {
-    reading = reading.then(readEvents);
+    if (queued) return;
+    queued = true;
+    reading = reading.then(() => {
+      queued = false;
+      return readEvents();
+    });
   }, 400);
   showTicks.addEventListener("change", () => {
     renderEvents(events, history, showTicks.checked);
@@ -198,6 +212,7 @@ export function renderJob(ctx, route) {
     if (event.job_id !== id || !job || event.seq <= job.seq) return;
     if (event.type === "progress") {
       // Ticks are frequent: update in place.
+      if (event.seq === covered() + 1) foldedTo = event.seq;
       job.seq = event.seq;
       job.progress = event.progress;
       job.step = event.step;
@@ -300,13 +315,18 @@ export function renderJob(ctx, route) {
 
   const offEvent = live.on("job_event", onEvent);
   const offConnect = live.on("connect", subscribe);
-  // The duration of a running job keeps growing; and whatever path a change took to
-  // this page, the history catches up with the job within a few seconds.
+  // The duration of a running job keeps growing. And every few seconds the page checks
+  // itself, so whatever path a change took (a lost frame, a subscription that timed
+  // out) it shows up: an active job is read again (which reads the history when the
+  // job is ahead of it); a finished one's history catches up if it is behind (unless
+  // a failed read's retry is already set).
   let ticks = 0;
   const timer = setInterval(() => {
     if (job && job.status === "running") drawDuration();
     ticks += 1;
-    if (ticks % HISTORY_CHECK_S === 0 && historyBehind()) refreshEvents();
+    if (ticks % SELF_CHECK_S !== 0 || !job) return;
+    if (ACTIVE.has(job.status)) refreshJob();
+    else if (historyBehind() && retryTimer === null) refreshEvents();
   }, 1000);
   return () => {
     closed = true;

@@ -380,11 +380,11 @@ class SharedEventPublisher(BackgroundEventPublisher):
     def publish(self, events: Iterable[JobEventMessage]) -> None:
         """Append the events to the stream, in order, with whatever else is pending.
 
-        When a write in progress holds the lock past ``flush_timeout_s`` (Redis
-        slow, not down: a refused connection fails at once), this returns with its
-        events still pending (the caller goes on: the job is committed and its events
-        are in ``job_events``, where clients catch up), and a thread writes them once
-        the lock is free, so they do not wait for the next publish.
+        When a write in progress holds the lock past ``flush_timeout_s`` (Redis slow,
+        or away and the client retrying its connection), this returns with its events
+        still pending (the caller goes on: the job is committed and its events are in
+        ``job_events``, where clients catch up), and a thread writes them once the lock
+        is free, so they do not wait for the next publish.
         """
         events = list(events)
         if not events:
@@ -395,9 +395,9 @@ class SharedEventPublisher(BackgroundEventPublisher):
 
     def _write_later(self) -> None:
         """Start the thread that writes what is pending once the write lock is free
-        (one at a time)."""
+        (one at a time: a running one writes what this caller left too)."""
         with self._changed:
-            if self._late is not None and self._late.is_alive():
+            if self._late is not None:
                 return
             self._late = threading.Thread(
                 target=self._write_when_free, name="errand-events-late", daemon=True
@@ -406,8 +406,15 @@ class SharedEventPublisher(BackgroundEventPublisher):
         logger.warning("the event stream is slow: events left to a background write")
 
     def _write_when_free(self) -> None:
-        with self._writing:
-            self._write_pending()
+        """Write until nothing is pending; the thread is forgotten under the same lock
+        that :meth:`_write_later` checks, so no entry is left behind by both."""
+        while True:
+            with self._writing:
+                self._write_pending()
+            with self._changed:
+                if not self._pending:
+                    self._late = None
+                    return
 
 
 def parse_stream_entry(fields: dict[Any, Any]) -> JobEventMessage:

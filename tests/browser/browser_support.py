@@ -69,26 +69,39 @@ class BrowserPage:
 
 
 def open_page(browser: Browser, tmp_path: Path, viewport: dict[str, int]) -> BrowserPage:
-    """Open a page in a fresh context, recording console errors and page errors."""
+    """Open a page in a fresh context, recording console errors and page errors, and a
+    log of its traffic (:func:`_watch_traffic`)."""
     context = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
     page = context.new_page()
     page.set_default_timeout(20_000)
     result = BrowserPage(page, tmp_path)
 
-    opened = time.monotonic()
-
-    def note(line: str) -> None:
-        result.traffic.append(f"{time.monotonic() - opened:8.2f}s {line[:300]}")
-
     def on_console(message: ConsoleMessage) -> None:
-        note(f"console.{message.type}: {message.text}")
         if message.type == "error":
             result.errors.append(f"console: {message.text} ({message.location.get('url')})")
 
+    def on_page_error(error: Error) -> None:
+        result.errors.append(f"pageerror: {error}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    _watch_traffic(page, result)
+    return result
+
+
+def _watch_traffic(page: Page, result: BrowserPage) -> None:
+    """Log the page's requests, live-feed frames (ticks left out) and console lines in
+    ``result.traffic``, and keep its unanswered requests in ``result.pending``."""
+    opened = time.monotonic()
+
+    def stamp(line: str) -> str:
+        return f"{time.monotonic() - opened:8.2f}s {line[:300]}"
+
+    def note(line: str) -> None:
+        result.traffic.append(stamp(line))
+
     def on_request(request: Request) -> None:
-        result.pending[request] = (
-            f"{time.monotonic() - opened:8.2f}s {request.method} {request.url}"
-        )
+        result.pending[request] = stamp(f"{request.method} {request.url}")
         note(f"-> {request.method} {request.url}")
 
     def on_done(request: Request) -> None:
@@ -106,16 +119,11 @@ def open_page(browser: Browser, tmp_path: Path, viewport: dict[str, int]) -> Bro
         ws.on("framereceived", on_frame)
         ws.on("close", lambda _ws: note("ws closed"))
 
-    def on_page_error(error: Error) -> None:
-        result.errors.append(f"pageerror: {error}")
-
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
+    page.on("console", lambda message: note(f"console.{message.type}: {message.text}"))
     page.on("request", on_request)
     page.on("requestfinished", on_done)
     page.on("requestfailed", on_done)
     page.on("websocket", on_websocket)
-    return result
 
 
 def sign_in(page: Page, url: str, key: str, path: str = "/admin") -> None:

@@ -86,31 +86,42 @@ def publishers(prefix: str) -> Iterator[Publishers]:
 
 class Gate:
     """Holds the writer thread's appends until ``released`` (the test's stand-in for a
-    slow or hung Redis); appends from other threads go through."""
+    slow or hung Redis); appends from other threads go through. Counts the entries of
+    every script run (one per write) in ``runs``."""
 
     def __init__(self) -> None:
         self.released = threading.Event()
         self.held = threading.Event()
+        self.runs: list[int] = []
 
-    def pass_(self) -> None:
-        if threading.current_thread().name == "errand-events":
+    def holds(self) -> bool:
+        """Whether the script run under way waits for ``released``."""
+        return threading.current_thread().name == "errand-events"
+
+    def pass_(self, entries: int) -> None:
+        self.runs.append(entries)
+        if self.holds():
             self.held.set()
             self.released.wait(30)
 
 
-@pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    """A :class:`Gate` on the publishers' own connections (the path the worker takes)."""
-    made = Gate()
+def _gated(monkeypatch: pytest.MonkeyPatch, made: Gate) -> Iterator[Gate]:
+    """``made`` on the publishers' own connections (the path the worker takes)."""
 
-    class HeldRedis(redis.Redis):
-        def eval(self, *args: Any, **kwargs: Any) -> Any:
-            made.pass_()
-            return super().eval(*args, **kwargs)
+    class GatedRedis(redis.Redis):
+        def eval(self, script: Any, numkeys: int, *args: Any) -> Any:
+            made.pass_(len(args) - numkeys - 1)  # the keys and maxlen, then entries
+            return super().eval(script, numkeys, *args)
 
-    monkeypatch.setattr(events, "Redis", HeldRedis)
+    monkeypatch.setattr(events, "Redis", GatedRedis)
     yield made
     made.released.set()
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """A :class:`Gate` on the publishers' own connections."""
+    yield from _gated(monkeypatch, Gate())
 
 
 class PipelineOnly:
@@ -284,34 +295,17 @@ def test_a_client_without_a_pool_is_written_through_its_pipeline(
     assert [e.seq for e in publishers.stream()] == [1, 2, 3]
 
 
-class CountingGate:
-    """Counts the publishers' script runs (one per write) and holds the first one until
-    ``released``."""
+class CountingGate(Gate):
+    """A :class:`Gate` that holds the first script run, whichever thread makes it."""
 
-    def __init__(self) -> None:
-        self.released = threading.Event()
-        self.held = threading.Event()
-        self.runs: list[int] = []
-
-    def pass_(self, entries: int) -> None:
-        self.runs.append(entries)
-        if len(self.runs) == 1:
-            self.held.set()
-            self.released.wait(30)
+    def holds(self) -> bool:
+        return len(self.runs) == 1
 
 
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingGate]:
     made = CountingGate()
-
-    class CountedRedis(redis.Redis):
-        def eval(self, script: Any, numkeys: int, *args: Any) -> Any:
-            made.pass_(len(args) - numkeys - 1)  # the keys and maxlen, then entries
-            return super().eval(script, numkeys, *args)
-
-    monkeypatch.setattr(events, "Redis", CountedRedis)
-    yield made
-    made.released.set()
+    yield from _gated(monkeypatch, made)
 
 
 def test_the_shared_publisher_returns_once_the_events_are_in_the_stream(

@@ -159,7 +159,9 @@ export function renderJob(ctx, route) {
   // The highest seq of the progress ticks that came live right after what the history
   // holds: folded, they need no read.
   let foldedTo = 0;
-  const covered = () => Math.max(history.length ? history[history.length - 1].seq : 0, foldedTo);
+  /** The seq of the last event the history has read (0: none yet). */
+  const lastRead = () => (history.length ? history[history.length - 1].seq : 0);
+  const covered = () => Math.max(lastRead(), foldedTo);
   /** Whether the job has events the history has not read (folded live ticks aside). */
   const historyBehind = () => Boolean(job) && job.seq > covered();
 
@@ -172,7 +174,7 @@ export function renderJob(ctx, route) {
   const readEvents = async () => {
     try {
       for (;;) {
-        const after = history.length ? history[history.length - 1].seq : 0;
+        const after = lastRead();
         const more = await api.get(
           `/v1/jobs/${id}/events`, { after_seq: after, limit: EVENTS_PAGE }, { timeoutMs: EVENTS_TIMEOUT_MS });
         if (closed) return;

@@ -21,6 +21,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from errand_schema.models import JobEvent
+from errand_schema.redis_guard import RedisAway
 from errand_schema.telemetry import inject_context
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class EventPublisher:
                 chunk = entries[start : start + APPEND_CHUNK]
                 pipe.eval(_APPEND_LUA, 1, self._key, self._maxlen, *chunk)
             pipe.execute()
+        except RedisAway:  # the client's breaker said why, once (errand_schema.redis_guard)
+            logger.debug("Redis away: %d events not appended to the stream", len(entries))
         except Exception:  # a process boundary: the DB already holds these events
             logger.warning("could not append %d events to the stream", len(entries), exc_info=True)
 
@@ -312,6 +315,8 @@ class BackgroundEventPublisher(EventPublisher):
                     # again here. Had the first run after all, clients drop the seqs
                     # they already have.
                     self._own.eval(_APPEND_LUA, 1, self._key, self._maxlen, *chunk)
+        except RedisAway:  # the client's breaker said why, once (errand_schema.redis_guard)
+            logger.debug("Redis away: %d events not appended to the stream", len(entries))
         except Exception:  # a process boundary: the DB already holds these events
             logger.warning("could not append %d events to the stream", len(entries), exc_info=True)
 

@@ -1,12 +1,19 @@
-"""The token bucket on the real Redis: exact under contention from many clients."""
+"""The token bucket on the real Redis: exact under contention from many clients; and
+what it does when Redis cannot be reached (refused, or connected and silent)."""
 
+import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
+from errand_api.errors import RateLimitUnavailable
 from errand_api.ratelimit import TokenBucket
+from errand_schema.redis_guard import guarded_redis
 
+from helpers import SilentServer, wait_for
 from resources import REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -45,5 +52,69 @@ def test_tokens_refill_at_the_rate_up_to_the_burst(redis_prefix: str) -> None:
         decision = bucket.take("refill", 10, 5)
         assert decision.allowed
         assert decision.remaining == 4
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def _unchecked() -> float:
+    return REGISTRY.get_sample_value("errand_rate_limit_unchecked_total") or 0.0
+
+
+def test_a_redis_that_stops_answering_lets_submissions_through_unchecked(
+    silent: SilentServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given the API's kind of client on a Redis that accepts connections, never answers
+    client, breaker = guarded_redis(silent.url, timeout_s=0.3)
+    bucket = TokenBucket(client, "errand_test:silent:")
+    before = _unchecked()
+    try:
+        with caplog.at_level(logging.WARNING, logger="errand_api.ratelimit"):
+            # When submissions are checked, 5 of them with a burst of 1
+            decisions = [bucket.take("someone", 1, 1) for _ in range(5)]
+        # Then each is let through, unchecked: no count is claimed in headers
+        assert all(d.allowed and not d.checked for d in decisions)
+        assert all(d.headers() == {} for d in decisions)
+        assert _unchecked() - before == 5
+        # And only the first waited for Redis: the others did not ask it
+        assert silent.accepted == 1
+        assert breaker.skipped >= 4
+        warnings = [r for r in caplog.records if "cannot reach Redis" in r.getMessage()]
+        assert len(warnings) == 1, "one warning per outage"
+    finally:
+        client.close()
+
+
+def test_set_to_fail_closed_it_refuses_with_503_and_retry_after(redis_prefix: str) -> None:
+    # Nothing listens on port 1: the connection is refused at once
+    down, _ = guarded_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    bucket = TokenBucket(down, redis_prefix, fail_open=False)
+    before = _unchecked()
+    with pytest.raises(RateLimitUnavailable) as refused:
+        bucket.take("someone", 10, 10)
+    assert refused.value.status_code == 503
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    # Refused again without asking Redis during the window, and never counted unchecked
+    with pytest.raises(RateLimitUnavailable):
+        bucket.take("someone", 10, 10)
+    assert _unchecked() == before
+
+
+def test_back_from_an_outage_the_count_is_kept_again(redis_prefix: str) -> None:
+    # Given the API's kind of client, whose Redis failed a moment ago
+    client, breaker = guarded_redis(REDIS_URL, timeout_s=1.0, open_s=0.2)
+    bucket = TokenBucket(client, redis_prefix)
+    try:
+        breaker.failed(ConnectionError("a moment ago"))
+        assert not bucket.take("back", 10, 2).checked
+        # When the window has passed, takes are counted in Redis again
+        wait_for(lambda: bucket.take("back", 10, 2).checked, 5, what="a counted take")
+        assert bucket.take("back", 10, 2).headers()["RateLimit-Limit"] == "2"
     finally:
         client.close()

@@ -1,4 +1,5 @@
-"""A Redis restart loses no final state for subscribed clients.
+"""A Redis restart loses no final state for subscribed clients, and the API accepts
+jobs while Redis is away or has stopped answering.
 
 The machine's Redis on 6379 is shared with other runs and is never touched: this
 module runs api, worker and two notifiers on a private ``redis-server`` (no
@@ -11,10 +12,11 @@ import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlmodel import Session, select
@@ -24,7 +26,15 @@ from errand.watch import JobWatcher
 from errand_schema.auth import create_user
 from errand_schema.models import Job, JobType
 
-from helpers import LOG_DIR, free_port, metric_value, wait_for, wait_http_ok
+from helpers import (
+    LOG_DIR,
+    ServiceProcess,
+    SilentServer,
+    free_port,
+    metric_value,
+    wait_for,
+    wait_http_ok,
+)
 from resources import engine_on, isolated_infra, service_starter
 
 pytestmark = pytest.mark.integration
@@ -72,6 +82,8 @@ class System:
     key: str
     redis: PrivateRedis
     engine: Any
+    #: Starts another service on this module's database, vhost and prefix.
+    start: Callable[..., ServiceProcess]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +120,7 @@ def system() -> Iterator[System]:
                     return found.first() is not None
 
             wait_for(registered, 30, 0.1, what="the worker to register its job types")
-            yield System(f"http://127.0.0.1:{api_port}", urls, key, private, engine)
+            yield System(f"http://127.0.0.1:{api_port}", urls, key, private, engine, start)
     finally:
         private.close()
 
@@ -197,3 +209,113 @@ def test_a_job_that_ends_while_redis_is_down_still_reaches_its_clients(system: S
         assert all(n > 0 for n in resynced)
     finally:
         system.redis.start()
+
+
+QUICK_JOB = {"steps": [{"name": "only", "duration_s": 0, "ticks": 1}]}
+
+
+def _submit(http: httpx.Client) -> httpx.Response:
+    return http.post("/v1/jobs", json={"type": "demo.pipeline", "payload": QUICK_JOB})
+
+
+def test_jobs_are_accepted_and_run_while_redis_is_down(system: System) -> None:
+    headers = {"Authorization": f"Bearer {system.key}"}
+    with httpx.Client(base_url=system.api_url, headers=headers, timeout=30) as http:
+        before = metric_value(f"{system.api_url}/metrics", "errand_rate_limit_unchecked_total")
+        # When Redis goes away and jobs are submitted
+        system.redis.stop()
+        try:
+            answers = [_submit(http) for _ in range(3)]
+            # Then each is accepted, without a rate-limit count in its headers
+            assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]
+            assert all("RateLimit-Remaining" not in a.headers for a in answers)
+            unchecked = metric_value(
+                f"{system.api_url}/metrics", "errand_rate_limit_unchecked_total"
+            )
+            assert unchecked - before == 3
+            # And each runs to its end (its events wait in the worker meanwhile)
+            for answer in answers:
+                job_id = answer.json()["id"]
+                wait_for(lambda j=job_id: _job_row(system, j).status == "completed", 60, 0.1)
+        finally:
+            system.redis.start()
+        # And once Redis is back, submissions are counted again
+        wait_for(
+            lambda: "RateLimit-Remaining" in _submit(http).headers, 30, 0.2, what="a counted take"
+        )
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentServer]:
+    """A Redis that accepts connections but never answers."""
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def _start_on(system: System, service: str, redis_url: str) -> tuple[ServiceProcess, str]:
+    """Start ``errand <service>`` on ``redis_url`` (calls given up after 0.5 s); its
+    process and URL once it answers."""
+    port = free_port()
+    proc = system.start(
+        f"{service}-{port}",
+        [service],
+        ERRAND_PORT=str(port),
+        ERRAND_REDIS_URL=redis_url,
+        ERRAND_REDIS_TIMEOUT_S="0.5",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/healthz", proc=proc)
+    return proc, url
+
+
+def test_an_api_whose_redis_stopped_answering_still_accepts_jobs(
+    system: System, silent_redis: SilentServer
+) -> None:
+    # Given an API whose Redis accepts connections but never answers
+    api, url = _start_on(system, "api", silent_redis.url)
+    headers = {"Authorization": f"Bearer {system.key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        # When jobs are submitted (the client would give up after 30 s)
+        answers = [_submit(http) for _ in range(3)]
+        seconds = [round(a.elapsed.total_seconds(), 2) for a in answers]
+        print(f"\nPOST /v1/jobs with a silent Redis (timeout 0.5 s): {seconds} s")
+    # Then each is accepted and runs (the worker's own Redis is the real one)
+    assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]
+    for answer in answers:
+        job_id = answer.json()["id"]
+        wait_for(lambda j=job_id: _job_row(system, j).status == "completed", 60, 0.1)
+    # And the API reports Redis as what is down
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] is False
+    assert "cannot reach Redis" in api.log()
+
+
+def test_a_notifier_whose_redis_stopped_answering_still_brings_jobs_to_their_end(
+    system: System, silent_redis: SilentServer
+) -> None:
+    # Given a notifier whose Redis accepts connections but never answers
+    _, url = _start_on(system, "notifier", silent_redis.url)
+    # Then it starts (its first read of the stream gives up instead of waiting)
+    wait_for(
+        lambda: metric_value(f"{url}/metrics", "errand_event_stream_up") == 0,
+        30,
+        0.2,
+        what="the stream to be reported down",
+    )
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] is False
+    # And a client following a job on it sees the job to its end (from PostgreSQL)
+    sink = Events()
+    watcher = JobWatcher(url, system.key, on_event=sink)
+    watcher.connect()
+    try:
+        with ErrandClient(system.api_url, system.key) as client:
+            job_id = str(client.submit("demo.pipeline", QUICK_JOB)["id"])
+        watcher.watch(job_id)
+        assert watcher.wait([job_id], 60)
+        assert watcher.job(job_id)["status"] == "completed"
+    finally:
+        watcher.close()

@@ -19,7 +19,9 @@ under load one read answers every request that arrived while the previous one wa
 (each ``GET`` was 12% of the API's CPU per ``POST /v1/jobs``, bench/README.md). A read
 sent after a request arrived sees every revocation that had returned by then, so "at
 once" holds as it did with a read per request. A read that takes longer than
-:data:`EPOCH_TIMEOUT_S` is given up (its requests read the database), as one that fails.
+:data:`EPOCH_TIMEOUT_S` is given up (its requests read the database), as one that fails;
+for :data:`SKIP_AFTER_FAILURE_S` after that, no read is sent (a silent Redis would
+otherwise hold every request the whole timeout).
 """
 
 import asyncio
@@ -39,6 +41,9 @@ MAX_ENTRIES = 10_000
 #: Longest wait for an epoch read (s): every request of the process waits on the same
 #: one, so a stuck read is given up and the requests read the database instead.
 EPOCH_TIMEOUT_S = 0.5
+#: After a read failed or was given up, how long requests read the database without
+#: asking Redis first (s).
+SKIP_AFTER_FAILURE_S = 2.0
 
 
 def epoch_key(prefix: str) -> str:
@@ -68,6 +73,8 @@ class AuthCache:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: asyncio.Task[None] | None = None
         self._next: asyncio.Future[bytes | None] | None = None
+        #: Until when no epoch is read (monotonic; after a failed read).
+        self._skip_until = 0.0
 
     async def epoch(self) -> bytes | None:
         """The current auth epoch (``b"0"`` before any revocation); None when Redis
@@ -76,6 +83,8 @@ class AuthCache:
         Read by a ``GET`` sent after this call began: the one about to be sent when a
         read is out (shared with every caller that came meanwhile), else a new one.
         """
+        if time.monotonic() < self._skip_until:
+            return None
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop, self._reading, self._next = loop, None, None
@@ -108,6 +117,7 @@ class AuthCache:
             raise
         except Exception:  # a cache never fails a request: read the database instead
             logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
+            self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE_S
         finally:
             current = self._reading is asyncio.current_task()  # not an old loop's read
             if current:

@@ -86,16 +86,20 @@ class IdempotencyConflict(ApiError):
     title = "Idempotency key conflict"
 
 
-class RateLimited(ApiError):
+class _WithHeaders(ApiError):
+    """An error answered with headers of its own (``Retry-After``)."""
+
+    def __init__(self, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.headers = headers
+
+
+class RateLimited(_WithHeaders):
     """Too many submissions; retry after the time in ``Retry-After``."""
 
     status_code = 429
     code = "rate_limited"
     title = "Too many requests"
-
-    def __init__(self, detail: str, headers: dict[str, str]) -> None:
-        super().__init__(detail)
-        self.headers = headers
 
 
 class InvalidJob(ApiError):
@@ -120,3 +124,12 @@ class BrokerUnavailable(ApiError):
     status_code = 503
     code = "broker_unavailable"
     title = "Broker unavailable"
+
+
+class RateLimitUnavailable(_WithHeaders):
+    """The rate limit cannot be checked (Redis unreachable) and the API is set to refuse
+    submissions meanwhile (``ERRAND_RATE_LIMIT_FAIL_OPEN=false``)."""
+
+    status_code = 503
+    code = "rate_limit_unavailable"
+    title = "Rate limit unavailable"

@@ -56,6 +56,7 @@ from errand_schema.events import SharedEventPublisher
 from errand_schema.jwt_auth import JwtVerifier
 from errand_schema.logging import configure_logging, log_context
 from errand_schema.masking import configure_masking
+from errand_schema.redis_guard import guarded_redis
 from errand_schema.telemetry import configure_tracing, instrument_clients
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,13 @@ def create_app(
     configure_masking(settings.masked_fields)
     engine = engine or create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
     if redis is None:
-        redis = Redis.from_url(settings.redis_url)
-        async_redis = async_redis or AsyncRedis.from_url(settings.redis_url)
+        # A Redis that stops answering holds a call this long at most (redis-py's
+        # default is 5 s), and then is left alone for a moment (errand_schema.redis_guard).
+        limit = settings.redis_timeout_s
+        redis, _ = guarded_redis(settings.redis_url, timeout_s=limit)
+        async_redis = async_redis or AsyncRedis.from_url(
+            settings.redis_url, socket_timeout=limit, socket_connect_timeout=limit
+        )
     broker = broker or build_broker(settings.rabbitmq_url)
     services = Services(
         engine=engine,
@@ -102,7 +108,7 @@ def create_app(
         events=SharedEventPublisher(redis, settings.redis_prefix, settings.event_stream_maxlen),
         catalog=Catalog(settings.job_type_cache_s),
         redis_ping=RedisPing(redis),
-        limiter=TokenBucket(redis, settings.redis_prefix),
+        limiter=TokenBucket(redis, settings.redis_prefix, fail_open=settings.rate_limit_fail_open),
         rules=SubmissionRules(
             max_payload_bytes=settings.max_payload_bytes,
             allow_private_urls=settings.allow_private_urls,

@@ -5,12 +5,31 @@ replicas never race and a contended key costs one round trip, not a retry loop. 
 earlier ``WATCH``/``MULTI`` version retried under contention and let the request
 through after its last retry; the benchmark showed both.) Dev mode's fakeredis runs
 the same script through ``lupa``.
+
+Redis is not where a job's truth lives (PostgreSQL and the broker are), so a Redis
+outage does not stop submissions: a take that cannot reach Redis lets the submission
+through unchecked (``errand_rate_limit_unchecked_total``, one warning per outage), or,
+with ``fail_open=False``, refuses it with ``503``. The API's client does not wait for a
+Redis that has just failed (:mod:`errand_schema.redis_guard`), so while Redis is away a
+take costs nothing but one per window.
 """
 
+import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
+
+from errand_api import metrics
+from errand_api.errors import RateLimitUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: ``Retry-After`` of a submission refused because Redis is away (fail closed).
+RETRY_AFTER_S = 2
 
 #: KEYS[1] bucket; ARGV rate/s, burst, cost, now (s). Returns {allowed, tokens*1000}.
 _TAKE = """
@@ -42,9 +61,14 @@ class Decision:
     remaining: int
     reset_s: float
     retry_after_s: float
+    #: False when Redis could not be asked: let through without a count.
+    checked: bool = True
 
     def headers(self) -> dict[str, str]:
-        """``RateLimit-*`` headers (and ``Retry-After`` when refused)."""
+        """``RateLimit-*`` headers (and ``Retry-After`` when refused); none for an
+        unchecked take (there is no count to report)."""
+        if not self.checked:
+            return {}
         out = {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
@@ -58,15 +82,53 @@ class Decision:
 class TokenBucket:
     """``burst`` tokens per user, refilled at ``rate_per_s``; one token per job."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, *, fail_open: bool = True) -> None:
+        """``fail_open``: while Redis is unreachable, let submissions through unchecked
+        (True) or refuse them with ``503`` (False)."""
         self._prefix = prefix
         self._script = client.register_script(_TAKE)
+        self._fail_open = fail_open
+        self._lock = threading.Lock()
+        #: Whether the outage in progress was logged.
+        self._reported = False
 
     def take(self, user: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
-        """Take ``cost`` tokens for ``user`` if there are enough (atomically)."""
+        """Take ``cost`` tokens for ``user`` if there are enough (atomically).
+
+        Raises:
+            RateLimitUnavailable: Redis is unreachable and ``fail_open`` is off.
+        """
         key = f"{self._prefix}ratelimit:{user}"
-        allowed, milli = self._script(keys=[key], args=[rate_per_s, burst, cost, time.time()])
+        try:
+            allowed, milli = self._script(keys=[key], args=[rate_per_s, burst, cost, time.time()])
+        except RedisError:
+            self._report(away=True)
+            return self._without_redis(burst)
+        if self._reported:
+            self._report(away=False)
         tokens = int(milli) / 1000
         refill_s = (burst - tokens) / rate_per_s
         wait_s = 0.0 if allowed else (cost - tokens) / rate_per_s
         return Decision(bool(allowed), burst, int(tokens), refill_s, wait_s)
+
+    def _report(self, *, away: bool) -> None:
+        """Log the start and the end of an outage, once each."""
+        with self._lock:
+            news, self._reported = self._reported != away, away
+        if news and away:
+            logger.warning(
+                "the rate limit cannot reach Redis: submissions are %s until it answers",
+                "let through unchecked" if self._fail_open else "refused",
+                exc_info=True,
+            )
+        elif news:
+            logger.info("the rate limit reaches Redis again")
+
+    def _without_redis(self, burst: int) -> Decision:
+        if not self._fail_open:
+            raise RateLimitUnavailable(
+                "The rate limit cannot be checked right now; retry shortly.",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        metrics.RATE_LIMIT_UNCHECKED.inc()
+        return Decision(True, burst, burst, 0.0, 0.0, checked=False)

@@ -32,6 +32,12 @@ class ApiSettings(CommonSettings):
     rate_limit_per_s: float = 50.0
     #: Submissions a user may make in one burst.
     rate_limit_burst: int = 100
+    #: While Redis is unreachable, let submissions through without a rate-limit check
+    #: (counted in ``errand_rate_limit_unchecked_total``); false: refuse them (``503``).
+    rate_limit_fail_open: bool = True
+    #: Seconds a Redis command (or connecting) may take before the API gives up on it:
+    #: a Redis that stops answering must not hold requests (rate limit, events, auth).
+    redis_timeout_s: float = Field(default=2.0, gt=0)
     #: Most jobs in one ``POST /v1/jobs:batch``.
     max_batch: int = 100
     #: Largest payload of one job, in bytes of JSON.

@@ -28,7 +28,12 @@ def create_app(
 ) -> socketio.ASGIApp:
     """Build the notifier: Socket.IO at ``/socket.io`` and health probes beside it."""
     engine = engine or create_db_engine(settings.database_url)
-    redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+    if redis is None:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s + settings.stream_block_ms / 1000,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
     sio = create_server(settings, engine)
     hub = hub_of(sio)
 

@@ -49,7 +49,8 @@ class Relay:
         if self._last_id == "$":
             self._last_id = await self._current_last_id()
         self.ready.set()
-        metrics.STREAM_UP.set(1)
+        # Down already when its first read failed (Redis away at startup).
+        metrics.STREAM_UP.set(1 if self.stream_up else 0)
         while True:
             try:
                 batches = await self._redis.xread(

@@ -25,6 +25,11 @@ class NotifierSettings(CommonSettings):
     max_replay: int = Field(default=1000, ge=1)
     #: How long one blocking read of the event stream waits, in ms.
     stream_block_ms: int = Field(default=1000, ge=1)
+    #: Seconds a Redis command may take beyond a blocking read's own wait (and to
+    #: connect) before it is given up on: a Redis that stops answering is then seen as
+    #: down, and clients catch up from PostgreSQL. (redis-py's own default, 5 s in all,
+    #: would time out every quiet read with a ``stream_block_ms`` of 5,000 or more.)
+    redis_timeout_s: float = Field(default=5.0, gt=0)
     #: Engine.IO ping interval and how long a client may take to answer, in seconds.
     ping_interval_s: float = Field(default=25.0, gt=0)
     ping_timeout_s: float = Field(default=20.0, gt=0)

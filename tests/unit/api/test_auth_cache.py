@@ -101,14 +101,21 @@ def test_without_redis_or_past_the_ttl_every_request_reads_the_database(
     key = {"Authorization": f"Bearer {make_user('dee')}"}
 
     class Unreachable:
+        asked = 0
+
         async def get(self, _key: str) -> bytes:
+            self.asked += 1
             raise ConnectionError("redis is down")
 
     with monkeypatch.context() as m:
-        m.setattr(cache, "_redis", Unreachable())
+        unreachable = Unreachable()
+        m.setattr(cache, "_redis", unreachable)
         for _ in range(2):
             assert api_client.get("/v1/jobs", headers=key).status_code == 200
         assert len(key_reads) == 2
+        # Asked once: after a failed read, requests go to the database without asking
+        assert unreachable.asked == 1
+    cache._skip_until = 0.0  # as once SKIP_AFTER_FAILURE_S has passed
     with monkeypatch.context() as m:
         m.setattr(cache, "ttl_s", -1.0)  # every entry is already old
         for _ in range(2):
@@ -193,7 +200,11 @@ async def test_a_stuck_epoch_read_is_given_up_and_reads_carry_no_requests_contex
     request_id.set("request-1")
     # Given up: this request (and any sharing the read) authenticates from the database
     assert await _answer(cache.epoch()) is None
-    # The next read is sent, and answers
+    # For a moment, no read is sent: requests go to the database without waiting
+    assert await _answer(cache.epoch()) is None
+    assert len(seen) == 1
+    # Once that has passed, the next read is sent, and answers
+    cache._skip_until = 0.0
     assert await _answer(cache.epoch()) == b"3"
     # Reads serve many requests: they run in a context of their own, not the first one's
     assert seen == [None, None]

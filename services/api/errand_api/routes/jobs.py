@@ -43,6 +43,10 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Body too large"},
     422: {"description": "Invalid job"},
     429: {"description": "Rate limited (see Retry-After)"},
+    503: {
+        "description": "The rate limit cannot be checked (Redis away) and the API is set to"
+        " refuse meanwhile (ERRAND_RATE_LIMIT_FAIL_OPEN=false); see Retry-After"
+    },
 }
 
 

@@ -380,6 +380,10 @@ def test_jobs_accepted_during_a_broker_outage_run_once_each_after_it_ends(
         ready = _readyz(url)
         assert ready.status_code == 503, ready.text
         assert ready.json()["checks"]["broker"] is False
+        # While the Kubernetes probe's question (the database alone) still passes
+        probe = httpx.get(f"{url}/readyz", params={"require": "database"}, timeout=10)
+        assert probe.status_code == 200, probe.text
+        assert probe.json()["status"] == "degraded"
 
         # And the jobs wait, unpublished, in PostgreSQL (the reconciler's tries mark a
         # job admitted for the moment its failing send takes, then undo it)

@@ -1,5 +1,6 @@
 """The notifier's ASGI app: Socket.IO plus ``/healthz``, ``/readyz`` and ``/metrics``."""
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from errand_notifier.server import create_server, run_relay
 from errand_notifier.settings import NotifierSettings, get_settings
 from errand_notifier.store import Store
 from errand_schema.db import create_db_engine
+from errand_schema.health import readiness
 from errand_schema.logging import configure_logging
 
 
@@ -40,14 +42,16 @@ def create_app(
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(_request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        # ?require=database: the notifier serves its clients from PostgreSQL while
+        # Redis is away (errand_schema.health.REQUIRE_HELP).
+        require = request.query_params.getlist("require")
         checks = {"database": _db_ok(engine), "redis": await _redis_ok(redis)}
-        ok = all(checks.values()) and not hub.draining
-        status = "draining" if hub.draining else "ready" if ok else "unavailable"
-        return JSONResponse(
-            {"status": status, "checks": checks, "connections": hub.fanout.client_count()},
-            status_code=200 if ok else 503,
-        )
+        if any(name not in checks for name in require):
+            return JSONResponse({"detail": f"require: one of {sorted(checks)}"}, 422)
+        body, code = readiness(checks, require, draining=hub.draining)
+        body["connections"] = hub.fanout.client_count()
+        return JSONResponse(body, status_code=code)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -79,9 +83,13 @@ def _db_ok(engine: Engine) -> bool:
     return True
 
 
+#: Longest wait for Redis's answer in ``/readyz`` (the probe's own timeout is 3 s).
+READY_PING_S = 1.0
+
+
 async def _redis_ok(redis: Any) -> bool:
     try:
-        return bool(await redis.ping())
+        return bool(await asyncio.wait_for(redis.ping(), READY_PING_S))
     except Exception:  # readiness probes report, they never raise
         return False
 

@@ -44,6 +44,21 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {last_exc!r}")
 
 
+def run_at_once(call: Callable[[], None], threads: int, timeout_s: float = 60.0) -> None:
+    """Run ``call`` on ``threads`` threads released together (a barrier); wait for all."""
+    barrier = threading.Barrier(threads)
+
+    def released() -> None:
+        barrier.wait(timeout_s)
+        call()
+
+    started = [threading.Thread(target=released) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(timeout_s)
+
+
 def free_port() -> int:
     """Return a TCP port that is free on 127.0.0.1 now."""
     with socket.socket() as s:

@@ -309,6 +309,8 @@ class BackgroundEventPublisher(EventPublisher):
                 chunk = entries[start : start + APPEND_CHUNK]
                 try:
                     self._own.eval(_APPEND_LUA, 1, self._key, self._maxlen, *chunk)
+                except RedisAway:
+                    raise  # not asked: nothing to try again
                 except RedisConnectionError:
                     # Closed while idle (Redis restarted, a client kill): the pool's
                     # checkout would have seen it before sending; the client connects

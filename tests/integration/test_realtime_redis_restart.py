@@ -269,14 +269,15 @@ def _start_on(system: System, service: str, redis_url: str) -> tuple[ServiceProc
     return proc, url
 
 
-def _assert_degraded_by_redis(url: str) -> None:
+def _assert_probe_passes_without_redis(url: str) -> None:
     """``/readyz`` names Redis down; the readiness probe's question still passes."""
     full = httpx.get(f"{url}/readyz", timeout=30)
     assert full.status_code == 503
     assert full.json()["checks"]["redis"] is False
     probe = httpx.get(f"{url}/readyz", params={"require": "database"}, timeout=30)
     assert probe.status_code == 200, probe.text
-    assert probe.json()["status"] == "degraded"
+    assert probe.json()["checks"] == {"database": True}
+    assert httpx.get(f"{url}/readyz", params={"require": "coffee"}).status_code == 422
 
 
 def test_an_api_whose_redis_stopped_answering_still_accepts_jobs(
@@ -290,13 +291,18 @@ def test_an_api_whose_redis_stopped_answering_still_accepts_jobs(
         answers = [_submit(http) for _ in range(3)]
         seconds = [round(a.elapsed.total_seconds(), 2) for a in answers]
         print(f"\nPOST /v1/jobs with a silent Redis (timeout 0.5 s): {seconds} s")
+    # Redis was asked about once per client, not on every call: the rate limit's call
+    # timed out and the calls after it were skipped (2 expected: the client and the
+    # auth cache's; 4 allows one trial each should the posts outlast the 2 s window).
+    # A plain client makes a connection per timed-out call: 3 per post and more.
+    assert silent_redis.accepted <= 4, silent_redis.accepted
     # Then each is accepted and runs (the worker's own Redis is the real one)
     assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]
     for answer in answers:
         job_id = answer.json()["id"]
         wait_for(lambda j=job_id: _job_row(system, j).status == "completed", 60, 0.1)
     # And the API reports Redis as what is down, and stays in its Service
-    _assert_degraded_by_redis(url)
+    _assert_probe_passes_without_redis(url)
     assert "cannot reach Redis" in api.log()
 
 
@@ -312,7 +318,7 @@ def test_a_notifier_whose_redis_stopped_answering_still_brings_jobs_to_their_end
         0.2,
         what="the stream to be reported down",
     )
-    _assert_degraded_by_redis(url)
+    _assert_probe_passes_without_redis(url)
     # And a client following a job on it sees the job to its end (from PostgreSQL)
     sink = Events()
     watcher = JobWatcher(url, system.key, on_event=sink)

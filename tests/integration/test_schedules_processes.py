@@ -6,7 +6,6 @@ The module runs on its own database, vhost and Redis prefix, so no other worker 
 scheduler) sees its schedules.
 """
 
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from errand_schema.models import Job, JobType, Schedule, utcnow
 from errand_worker.runtime import WorkerRuntime
 from errand_worker.scheduler import fire_due_schedules
 
-from helpers import ServiceProcess, free_port, wait_for, wait_http_ok
+from helpers import ServiceProcess, free_port, run_at_once, wait_for, wait_http_ok
 from own_infra import own_infra_fixtures
 
 pytestmark = pytest.mark.integration
@@ -193,22 +192,16 @@ def test_concurrent_schedulers_make_each_run_exactly_once(
         session.commit()
     # When 6 schedulers fire at once, each believing it is 2.5 s past the due time
     now: datetime = due + timedelta(seconds=2.5)
-    barrier = threading.Barrier(6)
     made: list[int] = []
     errors: list[BaseException] = []
 
     def fire() -> None:
-        barrier.wait(10)
         try:
             made.append(fire_due_schedules(cast(WorkerRuntime, BareScheduler(db_engine)), now))
         except BaseException as exc:  # reported below, in the test thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=fire) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    run_at_once(fire, 6)
     # Then nothing failed, and each schedule got exactly its 3 runs (due, +1 s, +2 s)
     assert not errors, errors
     assert sum(made) == 60, made

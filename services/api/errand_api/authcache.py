@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from errand_schema.auth import CallerLimits, Principal
+from errand_schema.redis_guard import RedisAway
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ EPOCH_TIMEOUT_S = 0.5
 #: After a read failed or was given up, how long requests read the database without
 #: asking Redis first (s).
 SKIP_AFTER_FAILURE_S = 2.0
+#: How long a revocation's epoch bump keeps asking while the client's breaker is open
+#: (its window, and a trial call's timeout, in the default settings).
+BUMP_RETRY_S = 5.0
 
 
 def epoch_key(prefix: str) -> str:
@@ -108,6 +112,7 @@ class AuthCache:
 
     async def _read(self, waiting: asyncio.Future[bytes | None]) -> None:
         epoch = None
+        failed = False
         try:
             value = await asyncio.wait_for(self._redis.get(self._key), EPOCH_TIMEOUT_S)
             epoch = value if value is not None else b"0"
@@ -118,13 +123,16 @@ class AuthCache:
         except Exception:  # a cache never fails a request: read the database instead
             logger.debug("auth epoch unreadable; authenticating from the database", exc_info=True)
             self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE_S
+            failed = True
         finally:
             current = self._reading is asyncio.current_task()  # not an old loop's read
             if current:
                 self._reading = None
             if not waiting.done():
                 waiting.set_result(epoch)
-        if current:
+        if current and failed:
+            self._answer_next(None)  # those that came meanwhile: no second wait
+        elif current:
             self._send()  # the callers that came while this read was out
 
     def _answer_next(self, epoch: bytes | None) -> None:
@@ -166,10 +174,22 @@ def bump_epoch(redis: Any, prefix: str) -> None:
         and read the database; a bump lost to a passing failure leaves their entries of
         the revoked key valid for at most the TTL (logged here as a warning).
     """
-    try:
-        redis.incr(epoch_key(prefix))
-    except Exception:  # the revocation stands in the database; say the cache may lag
-        logger.warning("could not bump the auth epoch in Redis", exc_info=True)
+    deadline = time.monotonic() + BUMP_RETRY_S
+    while True:
+        try:
+            redis.incr(epoch_key(prefix))
+            return
+        except RedisAway:
+            # The client's breaker skipped Redis after another call failed, which says
+            # nothing about this one: a revocation waits for its turn to ask.
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            logger.warning("could not bump the auth epoch in Redis", exc_info=True)
+            return
+        except Exception:  # the revocation stands in the database; say the cache may lag
+            logger.warning("could not bump the auth epoch in Redis", exc_info=True)
+            return
 
 
 def _digest(token: str) -> str:

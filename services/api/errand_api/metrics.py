@@ -27,7 +27,7 @@ JOBS_SUBMITTED = Counter("errand_jobs_submitted_total", "Jobs accepted", ["type"
 RATE_LIMITED = Counter("errand_rate_limited_total", "Submissions refused by the rate limit")
 RATE_LIMIT_UNCHECKED = Counter(
     "errand_rate_limit_unchecked_total",
-    "Submissions let through without a rate-limit check (Redis unreachable)",
+    "Jobs submitted without a rate-limit check (Redis unreachable)",
 )
 
 #: Scrapes within this many seconds reuse the last database read.

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from errand_api import metrics
 from errand_api.errors import RateLimitUnavailable
@@ -101,9 +102,9 @@ class TokenBucket:
         key = f"{self._prefix}ratelimit:{user}"
         try:
             allowed, milli = self._script(keys=[key], args=[rate_per_s, burst, cost, time.time()])
-        except RedisError:
+        except (RedisConnectionError, RedisTimeoutError):  # an error reply is a 500
             self._report(away=True)
-            return self._without_redis(burst)
+            return self._without_redis(burst, cost)
         if self._reported:
             self._report(away=False)
         tokens = int(milli) / 1000
@@ -124,11 +125,11 @@ class TokenBucket:
         elif news:
             logger.info("the rate limit reaches Redis again")
 
-    def _without_redis(self, burst: int) -> Decision:
+    def _without_redis(self, burst: int, cost: int) -> Decision:
         if not self._fail_open:
             raise RateLimitUnavailable(
                 "The rate limit cannot be checked right now; retry shortly.",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
-        metrics.RATE_LIMIT_UNCHECKED.inc()
+        metrics.RATE_LIMIT_UNCHECKED.inc(cost)  # a batch counts its jobs
         return Decision(True, burst, burst, 0.0, 0.0, checked=False)

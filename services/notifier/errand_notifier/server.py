@@ -77,7 +77,9 @@ async def run_relay(
         loops["errand-heap"] = hub.heap.run(settings.gc_freeze_interval_s, hub.fanout.client_count)
     tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
     try:
-        await asyncio.wait_for(relay.ready.wait(), timeout=10)
+        # Its first read gives up on a silent Redis after the client's timeout.
+        first_read_s = settings.redis_timeout_s + settings.stream_block_ms / 1000
+        await asyncio.wait_for(relay.ready.wait(), timeout=max(10.0, first_read_s + 5))
         yield relay
     finally:
         try:

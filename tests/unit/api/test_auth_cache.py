@@ -208,3 +208,27 @@ async def test_a_stuck_epoch_read_is_given_up_and_reads_carry_no_requests_contex
     assert await _answer(cache.epoch()) == b"3"
     # Reads serve many requests: they run in a context of their own, not the first one's
     assert seen == [None, None]
+
+
+async def test_callers_waiting_behind_a_failed_read_are_answered_without_another() -> None:
+    class FailsWhenTold:
+        def __init__(self) -> None:
+            self.sent: list[asyncio.Event] = []
+
+        async def get(self, _key: str) -> bytes:
+            told = asyncio.Event()
+            self.sent.append(told)
+            await told.wait()
+            raise ConnectionError("redis is down")
+
+    redis = FailsWhenTold()
+    cache = AuthCache(redis, "t:", 60.0)
+    first = asyncio.ensure_future(cache.epoch())
+    await _until(lambda: len(redis.sent) == 1)
+    queued = asyncio.ensure_future(cache.epoch())  # waits for the next read
+    await asyncio.sleep(0)
+    redis.sent[0].set()
+    # Both go to the database: the queued one without a read of its own
+    assert await _answer(first) is None
+    assert await _answer(queued) is None
+    assert len(redis.sent) == 1

@@ -5,10 +5,10 @@ module of the worker with import-time side effects, as the Dramatiq CLI requires
 """
 
 import dramatiq
-from redis import Redis
 
 from errand_schema.db import create_db_engine
 from errand_schema.logging import configure_logging
+from errand_schema.redis_guard import guarded_redis
 from errand_worker.broker import build_broker, setup_worker
 from errand_worker.settings import get_settings, per_process
 
@@ -27,8 +27,8 @@ runtime = setup_worker(
     # lock, the lease heartbeat and the watchdog.
     create_db_engine(settings.database_url, pool_size=2 * settings.threads + 4),
     # Bounded: a Redis that stops answering must not hold a step (events, gates,
-    # estimates) for longer than this; each of those gives up and goes on.
-    Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-    ),
+    # estimates) for longer than this; each of those gives up and goes on. After a
+    # failure the client skips Redis for a moment (errand_schema.redis_guard): with a
+    # silent Redis every step's hand-off otherwise waited this long for its events.
+    guarded_redis(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)[0],
 )

@@ -146,10 +146,17 @@ class EventPublisher:
                 chunk = entries[start : start + APPEND_CHUNK]
                 pipe.eval(_APPEND_LUA, 1, self._key, self._maxlen, *chunk)
             pipe.execute()
-        except RedisAway:  # the client's breaker said why, once (errand_schema.redis_guard)
-            logger.debug("Redis away: %d events not appended to the stream", len(entries))
-        except Exception:  # a process boundary: the DB already holds these events
-            logger.warning("could not append %d events to the stream", len(entries), exc_info=True)
+        except Exception as exc:  # a process boundary: the DB already holds these events
+            _append_failed(len(entries), exc)
+
+
+def _append_failed(count: int, exc: Exception) -> None:
+    """Log an append given up on: quietly when the client's breaker skipped Redis (it
+    warned once for the outage, errand_schema.redis_guard), else as a warning."""
+    if isinstance(exc, RedisAway):
+        logger.debug("Redis away: %d events not appended to the stream", count)
+    else:
+        logger.warning("could not append %d events to the stream", count, exc_info=exc)
 
 
 #: Entries per ``EVAL`` of :data:`_APPEND_LUA` (one script run blocks Redis meanwhile).
@@ -317,10 +324,8 @@ class BackgroundEventPublisher(EventPublisher):
                     # again here. Had the first run after all, clients drop the seqs
                     # they already have.
                     self._own.eval(_APPEND_LUA, 1, self._key, self._maxlen, *chunk)
-        except RedisAway:  # the client's breaker said why, once (errand_schema.redis_guard)
-            logger.debug("Redis away: %d events not appended to the stream", len(entries))
-        except Exception:  # a process boundary: the DB already holds these events
-            logger.warning("could not append %d events to the stream", len(entries), exc_info=True)
+        except Exception as exc:  # a process boundary: the DB already holds these events
+            _append_failed(len(entries), exc)
 
     def _report_drops(self) -> None:
         """One warning per ``DROP_REPORT_S`` for what the full backlog dropped."""

@@ -10,10 +10,27 @@ from sqlmodel import Session, select
 from errand_schema.auth import create_user
 from errand_schema.models import JobType
 
-from helpers import Infra, ServiceProcess, StartNotifier, free_port, wait_for, wait_http_ok
+from helpers import (
+    Infra,
+    ServiceProcess,
+    SilentServer,
+    StartNotifier,
+    free_port,
+    wait_for,
+    wait_http_ok,
+)
 from resources import engine_on, service_starter
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentServer]:
+    """A Redis that accepts connections but never answers (closed afterwards)."""
+    server = SilentServer()
+    yield server
+    server.close()
+
 
 #: The bootstrap admin key of the test system.
 ADMIN_KEY = "erk_test_admin_key_0123456789abcdef"

@@ -2,7 +2,6 @@
 what it does when Redis cannot be reached (refused, or connected and silent)."""
 
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -57,22 +56,15 @@ def test_tokens_refill_at_the_rate_up_to_the_burst(redis_prefix: str) -> None:
         client.close()
 
 
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
-
-
 def _unchecked() -> float:
     return REGISTRY.get_sample_value("errand_rate_limit_unchecked_total") or 0.0
 
 
 def test_a_redis_that_stops_answering_lets_submissions_through_unchecked(
-    silent: SilentServer, caplog: pytest.LogCaptureFixture
+    silent_redis: SilentServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given the API's kind of client on a Redis that accepts connections, never answers
-    client, breaker = guarded_redis(silent.url, timeout_s=0.3)
+    client, breaker = guarded_redis(silent_redis.url, timeout_s=0.3)
     bucket = TokenBucket(client, "errand_test:silent:")
     before = _unchecked()
     try:
@@ -84,7 +76,7 @@ def test_a_redis_that_stops_answering_lets_submissions_through_unchecked(
         assert all(d.headers() == {} for d in decisions)
         assert _unchecked() - before == 5
         # And only the first waited for Redis: the others did not ask it
-        assert silent.accepted == 1
+        assert silent_redis.accepted == 1
         assert breaker.skipped >= 4
         warnings = [r for r in caplog.records if "cannot reach Redis" in r.getMessage()]
         assert len(warnings) == 1, "one warning per outage"

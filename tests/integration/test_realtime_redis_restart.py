@@ -245,14 +245,6 @@ def test_jobs_are_accepted_and_run_while_redis_is_down(system: System) -> None:
         )
 
 
-@pytest.fixture
-def silent_redis() -> Iterator[SilentServer]:
-    """A Redis that accepts connections but never answers."""
-    server = SilentServer()
-    yield server
-    server.close()
-
-
 def _start_on(system: System, service: str, redis_url: str) -> tuple[ServiceProcess, str]:
     """Start ``errand <service>`` on ``redis_url`` (calls given up after 0.5 s); its
     process and URL once it answers."""

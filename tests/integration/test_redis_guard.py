@@ -6,7 +6,7 @@ depends on how fast the machine is."""
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from redis import Redis
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.integration
 LONG_S = 30.0
 
 
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
-
-
 def _fails(call: Callable[[], object]) -> type[BaseException] | None:
     try:
         call()
@@ -36,12 +29,12 @@ def _fails(call: Callable[[], object]) -> type[BaseException] | None:
     return None
 
 
-def test_after_a_timeout_calls_skip_redis_until_the_window_ends(silent: SilentServer) -> None:
-    client, breaker = guarded_redis(silent.url, timeout_s=0.2, open_s=LONG_S)
+def test_after_a_timeout_calls_skip_redis_until_the_window_ends(silent_redis: SilentServer) -> None:
+    client, breaker = guarded_redis(silent_redis.url, timeout_s=0.2, open_s=LONG_S)
     try:
         # The first call waits for its timeout
         assert _fails(lambda: client.get("k")) is not RedisAway
-        wait_for(lambda: silent.accepted == 1, 5, what="the first connection")
+        wait_for(lambda: silent_redis.accepted == 1, 5, what="the first connection")
         assert breaker.is_open
         # The next ones fail at once, without a connection, in every form of call
         pipe = client.pipeline()
@@ -53,16 +46,16 @@ def test_after_a_timeout_calls_skip_redis_until_the_window_ends(silent: SilentSe
         # Once the window has ended, Redis is asked again
         breaker.expire()
         assert _fails(lambda: client.get("k")) is not RedisAway
-        wait_for(lambda: silent.accepted == 2, 5, what="the second connection")
-        assert silent.accepted == 2
+        wait_for(lambda: silent_redis.accepted == 2, 5, what="the second connection")
+        assert silent_redis.accepted == 2
     finally:
         client.close()
 
 
 def test_after_the_window_one_caller_tries_while_the_others_still_skip(
-    silent: SilentServer,
+    silent_redis: SilentServer,
 ) -> None:
-    client, breaker = guarded_redis(silent.url, timeout_s=1.0, open_s=LONG_S)
+    client, breaker = guarded_redis(silent_redis.url, timeout_s=1.0, open_s=LONG_S)
     try:
         assert _fails(lambda: client.get("k")) is not RedisAway
         breaker.expire()
@@ -78,8 +71,8 @@ def test_after_the_window_one_caller_tries_while_the_others_still_skip(
         run_at_once(call, 6)
         # Then one went to Redis (and timed out) and five failed at once
         assert sorted(o is RedisAway for o in outcomes) == [False] + [True] * 5
-        wait_for(lambda: silent.accepted == 2, 5, what="the trial's connection")
-        assert silent.accepted == 2
+        wait_for(lambda: silent_redis.accepted == 2, 5, what="the trial's connection")
+        assert silent_redis.accepted == 2
         assert breaker.is_open  # the trial's failure opened a new window
     finally:
         client.close()

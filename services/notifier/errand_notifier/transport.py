@@ -41,11 +41,13 @@ python-socketio 5.18 and python-engineio 4.15):
   frame. While the writer waits with nothing in hand (:meth:`LeanQueue.idle`: it takes
   every packet queued before it waits again), a packet written straight to the
   websocket cannot overtake one, so :func:`send_packet` writes it there; otherwise, or
-  when uvicorn has paused writing (the client's TCP window is full), it queues it as
-  before. :func:`lighten` gives the server an ASGI websocket class that tells the
-  session's socket which uvicorn protocol it writes to (``websockets-sansio`` only;
-  another protocol class means the queue, always). Admin fan-out, 2,000 clients: the
-  notifier's CPU per event ~100-110 ms -> ~65-90 ms (``bench/README.md``).
+  when uvicorn has paused writing (the transport's buffer passed its high-water mark:
+  the kernel's send buffer is full, the client reads slowly), it queues it as before.
+  :func:`lighten` gives the server an ASGI websocket class that tells the session's
+  socket which uvicorn protocol it writes to (``websockets-sansio`` only; another
+  protocol class, or an ASGI middleware wrapping ``send``, means the queue, always).
+  Admin fan-out, 2,000 clients: the notifier's CPU per event ~100-110 -> ~65-90 ms
+  (``bench/README.md``, "Fixed 2026-11-24, evening").
 """
 
 import asyncio
@@ -133,8 +135,12 @@ def send_packet(sock: Any, pkt: eio_packet.Packet) -> None:
         and not protocol.disconnected
         and not protocol.transport.is_closing()
     ):
+        data = pkt.encode()
         try:
-            protocol.conn.send_text(pkt.encode().encode())
+            if isinstance(data, str):
+                protocol.conn.send_text(data.encode())
+            else:  # binary packets (the library's, never the notifier's JSON events)
+                protocol.conn.send_binary(data)
         except InvalidState:
             pass  # closing: the writer finds out for itself, as with a queued packet
         else:
@@ -298,17 +304,41 @@ def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
 
 class _WiredWebSocket(AsgiWebSocket):  # type: ignore[misc]
     """python-engineio's ASGI websocket, telling the session's socket which connection
-    it writes to for as long as the websocket runs (see :func:`send_packet`)."""
+    it writes to (see :func:`send_packet`) once the session runs on this websocket, and
+    until the websocket ends.
+
+    The library's handler reads the next frame through :meth:`wait` in a loop; the first
+    read after the session's ``upgraded`` is set names the connection, unless another
+    websocket of the session already did (a client may open a second one while the
+    first is upgrading: that one never becomes the session's transport).
+    """
+
+    _protocol: Any = None
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        sock = getattr(self.handler, "__self__", None)  # the socket's bound handler
-        if sock is None:
-            return await super().__call__(environ)
-        sock._wire = _wire_of(environ.get("asgi.send"))
+        self._protocol = _wire_of(environ.get("asgi.send"))
         try:
             return await super().__call__(environ)
         finally:
-            sock._wire = None
+            sock = self._socket()
+            if sock is not None and getattr(sock, "_wire", None) is self._protocol:
+                sock._wire = None
+
+    async def wait(self) -> Any:
+        """Read the next frame (as the library's), naming this connection first when
+        the session has just started running on it."""
+        sock = self._socket()
+        if (
+            self._protocol is not None
+            and sock is not None
+            and sock.upgraded
+            and getattr(sock, "_wire", None) is None
+        ):
+            sock._wire = self._protocol
+        return await super().wait()
+
+    def _socket(self) -> Any | None:
+        return getattr(self.handler, "__self__", None)  # the socket's bound handler
 
 
 def lighten(sio: socketio.AsyncServer) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import socketio
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from errand_notifier import transport
 
@@ -33,6 +34,7 @@ async def _until(predicate: Callable[[], object], what: str, timeout_s: float = 
 class Served:
     sio: socketio.AsyncServer
     url: str
+    server: uvicorn.Server
     sids: list[str] = field(default_factory=list)
 
     def socket(self) -> Any:
@@ -63,7 +65,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     task = asyncio.create_task(server.serve())
     await _until(lambda: server.started, "the server to start")
     port = server.servers[0].sockets[0].getsockname()[1]
-    it = Served(sio, f"http://127.0.0.1:{port}")
+    it = Served(sio, f"http://127.0.0.1:{port}", server)
 
     @sio.event
     async def connect(sid: str, _environ: dict[str, Any], _auth: Any) -> None:
@@ -92,7 +94,7 @@ async def _client(url: str, transports: list[str]) -> tuple[socketio.AsyncClient
 
 
 def _writer_idle(sock: Any) -> bool:
-    return bool(sock.upgraded and sock._wire is not None and sock.queue.idle())
+    return bool(sock.upgraded and getattr(sock, "_wire", None) and sock.queue.idle())
 
 
 @pytest.mark.parametrize(
@@ -136,16 +138,25 @@ async def test_a_websocket_that_stopped_taking_data_gets_its_packets_through_the
         sock = served.socket()
         await _until(lambda: _writer_idle(sock), "the websocket's writer to wait")
         protocol = sock._wire
-        # what uvicorn does when the transport's buffer passes its high-water mark
+        # What uvicorn does when the transport's buffer passes its high-water mark (the
+        # client reads slowly; tests/integration/test_realtime_backpressure.py fills a
+        # real one): nothing more is written until it drains.
         protocol.pause_writing()
         for i in range(5):
             served.send(i)
-        assert transport.queued_packets(sock) == 5  # the slow-client bound counts them
-        await asyncio.sleep(0)
+        assert transport.queued_packets(sock) == 5
+        # The writer takes them all and waits for the connection, holding them: not
+        # idle, so what follows queues behind them, where the slow-client bound
+        # (fanout.Fanout._push) counts it.
+        await _until(lambda: transport.queued_packets(sock) == 0, "the writer to take them")
+        assert not sock.queue.idle()
+        for i in range(5, 8):
+            served.send(i)
+        assert transport.queued_packets(sock) == 3
         assert got == []
         protocol.resume_writing()
-        await _until(lambda: len(got) == 5, "the queued packets")
-        assert got == list(range(5))
+        await _until(lambda: len(got) == 8, "every packet")
+        assert got == list(range(8))
     finally:
         await client.disconnect()
 
@@ -198,5 +209,57 @@ async def test_a_compressed_websocket_gets_its_direct_packets_compressed_and_in_
         for i in range(50):
             served.send(i)
             assert transport.queued_packets(sock) == 0
-        got = [json.loads((await ws.receive_str(timeout=10))[2:])[1] for _ in range(50)]
-        assert got == list(range(50))
+        # then some through the writer, sharing the connection's compression context
+        sock.queue.put_nowait(transport.encode_event(served.sio, "m", 50))
+        for i in range(51, 55):
+            served.send(i)
+        assert transport.queued_packets(sock) == 5
+        got = [json.loads((await ws.receive_str(timeout=10))[2:])[1] for _ in range(55)]
+        assert got == list(range(55))
+
+
+async def test_a_second_websocket_opened_during_an_upgrade_never_gets_the_sessions_packets(
+    served: Served,
+) -> None:
+    # A client may open two websockets for one polling session while it upgrades; only
+    # the one that completes the upgrade becomes the session's transport.
+    base = served.url + "/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        opened = await (await http.get(base)).text()
+        sid = json.loads(opened[1:])["sid"]
+        polling = f"{base}&sid={sid}"
+        assert await (await http.post(polling, data="40")).text() == "OK"
+        assert (await (await http.get(polling)).text()).startswith("40")  # connect ack
+        ws_url = (
+            f"{served.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        )
+        first = await http.ws_connect(ws_url)
+        second = await http.ws_connect(ws_url)
+        sock = served.sio.eio.sockets[sid]
+        assert getattr(sock, "_wire", None) is None  # nobody's transport yet
+        await first.send_str("2probe")
+        assert await first.receive_str(timeout=10) == "3probe"
+        await first.send_str("5")  # upgrade
+        await _until(lambda: _writer_idle(sock), "the upgraded writer to wait")
+        for i in range(3):
+            served.send(i)
+        assert transport.queued_packets(sock) == 0
+        frames = [await first.receive_str(timeout=10) for _ in range(4)]
+        assert [f for f in frames if f != "6"] == [f'42["m",{i}]' for i in range(3)]
+        with pytest.raises(asyncio.TimeoutError):
+            await second.receive_str(timeout=0.3)  # nothing for the other one
+        wire = sock._wire
+        await second.close()
+
+        def websockets() -> set[object]:
+            conns = served.server.server_state.connections
+            return {c for c in conns if isinstance(c, WebSocketsSansIOProtocol)}
+
+        await _until(lambda: websockets() == {wire}, "the second websocket to be gone")
+        for _ in range(20):  # its handler's end: a few turns of the loop after that
+            await asyncio.sleep(0)
+        assert sock._wire is wire  # its end leaves the session's connection named
+        served.send(3)
+        assert transport.queued_packets(sock) == 0
+        assert await first.receive_str(timeout=10) == '42["m",3]'
+        await first.close()

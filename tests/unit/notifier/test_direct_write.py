@@ -2,8 +2,9 @@
 
 A real uvicorn server on 127.0.0.1 with python-socketio's ASGI app, the notifier's
 transport wired as the notifier wires it (``lighten``, ``adopt`` on connect), and
-python-socketio's own client, over a websocket from the start and over long-polling
-upgraded to a websocket.
+python-socketio's own client (over a websocket from the start, over long-polling
+upgraded to a websocket, over long-polling only), or Engine.IO spoken directly over
+aiohttp where a test needs the wire itself (compression, two websockets).
 """
 
 import asyncio

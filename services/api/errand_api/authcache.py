@@ -179,15 +179,12 @@ def bump_epoch(redis: Any, prefix: str) -> None:
         try:
             redis.incr(epoch_key(prefix))
             return
-        except RedisAway:
-            # The client's breaker skipped Redis after another call failed, which says
-            # nothing about this one: a revocation waits for its turn to ask.
-            if time.monotonic() < deadline:
+        except Exception as exc:  # the revocation stands in the database
+            # RedisAway: the client's breaker skipped Redis after another call failed,
+            # which says nothing about this one: a revocation waits for its turn to ask.
+            if isinstance(exc, RedisAway) and time.monotonic() < deadline:
                 time.sleep(0.1)
                 continue
-            logger.warning("could not bump the auth epoch in Redis", exc_info=True)
-            return
-        except Exception:  # the revocation stands in the database; say the cache may lag
             logger.warning("could not bump the auth epoch in Redis", exc_info=True)
             return
 

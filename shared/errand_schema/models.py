@@ -155,9 +155,9 @@ class Job(SQLModel, table=True):
         # The indexes of columns most jobs leave unset are partial (only the rows that
         # set them): the worker's every UPDATE of a job moves its indexed status, so the
         # row gets new entries in every index whose predicate it meets, twice per step
-        # (bench/README.md, "Fixed this round"). Every query of these columns compares
-        # them with a value, which implies the predicate; the label filter says so
-        # itself (``LABELLED_SQL``, errand_api.search).
+        # (bench/HISTORY.md, "Fixed 2026-11-23, late evening"). Every query of these
+        # columns compares them with a value, which implies the predicate; the label
+        # filter says so itself (``LABELLED_SQL``, errand_api.search).
         Index(
             "ix_jobs_owner_dedup",
             "owner_id",

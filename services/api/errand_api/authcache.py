@@ -1,4 +1,4 @@
-"""API keys authenticated a moment ago, answered from memory (bench/README.md, plan 2).
+"""API keys authenticated a moment ago, answered from memory (bench/HISTORY.md).
 
 Every request used to authenticate its key with a read of the key and its user, and
 the commit that ends the read, on a worker thread of its own before the handler's:

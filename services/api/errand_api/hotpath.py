@@ -1,4 +1,4 @@
-"""The usual submission written as one statement (bench/README.md, plan 2).
+"""The usual submission written as one statement (bench/HISTORY.md).
 
 Profiling ``POST /v1/jobs`` showed a fifth of the API's Python in the ORM's flush of
 the new job, its steps and its first event (the unit of work, identity-map and

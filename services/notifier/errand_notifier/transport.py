@@ -47,7 +47,7 @@ python-socketio 5.18 and python-engineio 4.15):
   socket which uvicorn protocol it writes to (``websockets-sansio`` only; another
   protocol class, or an ASGI middleware wrapping ``send``, means the queue, always).
   Admin fan-out, 2,000 clients: the notifier's CPU per event ~100-110 -> ~65-90 ms
-  (``bench/README.md``, "Fixed 2026-11-24, evening").
+  (``bench/HISTORY.md``, "Fixed 2026-11-24, evening").
 """
 
 import asyncio

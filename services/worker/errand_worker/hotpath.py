@@ -1,5 +1,5 @@
 """The usual claim and completion of a step as Core statements built once
-(bench/README.md, plan 1).
+(bench/HISTORY.md).
 
 Profiling the drain showed the worker spending its CPU in SQLAlchemy's ORM: building
 expressions, the unit of work, identity-map bookkeeping, about 1 ms of Python per
@@ -208,7 +208,7 @@ CLAIMABLE = frozenset({JobStatus.QUEUED.value, JobStatus.RETRYING.value, JobStat
 # writes read (``EXISTS (SELECT 1 FROM j)``, ``INSERT ... SELECT ... FROM j``), so when
 # the fence does not match nothing at all is written, as with the statements above. Each
 # statement costs a round trip plus its parse, plan and execute on both sides; the
-# drain was spending most of its CPU on exactly that (bench/README.md, plan 1). SQLite
+# drain was spending most of its CPU on exactly that (bench/HISTORY.md). SQLite
 # has no data-modifying CTEs and runs the statements above one by one.
 
 

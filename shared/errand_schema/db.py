@@ -314,6 +314,33 @@ class Precompiled:
         """Every row of the statement."""
         return self._run(conn, params, one=False)
 
+    def explain(self, conn: Connection, params: dict[str, Any]) -> list[str]:
+        """PostgreSQL's plan for the statement with these parameters (``EXPLAIN``, the
+        statement not run), one line per item: what the planner picks for them."""
+        plan = self._plan(conn)
+        if plan is None:
+            raise ValueError("EXPLAIN of a precompiled statement needs PostgreSQL with psycopg")
+        values = self._values(plan, params)
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"EXPLAIN {plan.sql}", values)
+            return [row[0] for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _values(plan: "_Plan", params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter's value for the driver: defaults, then ``params``, processed."""
+        missing = plan.required - params.keys()
+        if missing:
+            raise ValueError(f"no value for parameters {sorted(missing)}")
+        values = plan.defaults | params
+        for name, process in plan.processors.items():
+            values[name] = process(values[name])
+        return values
+
     def _run(self, conn: Connection, params: dict[str, Any], *, one: bool) -> list[Any]:
         plan = self._plan(conn)
         if plan is None or _listened(conn):
@@ -322,12 +349,7 @@ class Precompiled:
                 row = result.first()
                 return [] if row is None else [row]
             return list(result.all())
-        missing = plan.required - params.keys()
-        if missing:
-            raise ValueError(f"no value for parameters {sorted(missing)}")
-        values = plan.defaults | params
-        for name, process in plan.processors.items():
-            values[name] = process(values[name])
+        values = self._values(plan, params)
         dbapi_connection = conn.connection.dbapi_connection
         assert dbapi_connection is not None
         cursor = dbapi_connection.cursor()

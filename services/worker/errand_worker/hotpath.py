@@ -56,7 +56,11 @@ _FENCE = (
     _JOBS.c.attempt == bindparam("b_attempt"),
     _JOBS.c.run == bindparam("b_run"),
     _JOBS.c.step_index == bindparam("b_index"),
-    _JOBS.c.status == JobStatus.RUNNING.value,
+    # The same as ``=`` (the status is never NULL), but no index serves it, so the job
+    # is found by its id whatever the statistics: with ``=``, the planner of an
+    # unanalyzed table took the status's index and read every running job, and every
+    # index entry left by earlier updates, for each completion (bench/HISTORY.md).
+    _JOBS.c.status.is_not_distinct_from(JobStatus.RUNNING.value),
     _JOBS.c.cancel_requested_at.is_(None),
 )
 _RELEASED: dict[str, Any] = {
@@ -301,9 +305,21 @@ _TAKE = {True: Precompiled(TAKE_STARTING), False: Precompiled(TAKE_NEXT)}
 # the fence does not match, nothing is written and the caller falls back to the read.
 
 _O = (
-    select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.run, _JOBS.c.progress, _JOBS.c.step)
+    select(
+        _JOBS.c.id,
+        _JOBS.c.status,
+        _JOBS.c.run,
+        _JOBS.c.progress,
+        _JOBS.c.step,
+        _JOBS.c.type,
+        _JOBS.c.queue,
+    )
     .where(_JOBS.c.id == bindparam("b_id"))
     .cte("o")
+    # Read by its id alone, then compared (below): inlined, the comparisons with the
+    # message's type and status would be conditions of this scan too, and PostgreSQL
+    # could look the job up through the type's or the status's index instead.
+    .prefix_with("MATERIALIZED", dialect="postgresql")
 )
 _STEP_NAME = (
     select(_STEPS.c.name)
@@ -321,14 +337,20 @@ def _sql(value: str) -> ColumnElement[Any]:
 TAKE_HINTED = (
     update(_JOBS)
     .where(
+        # The job's id is the one condition on ``jobs`` an index can serve: with only
+        # the join below, the planner of a table without statistics took the type's
+        # index and read every job of that type for each claim (bench/HISTORY.md). The
+        # claimable status, the type and the queue are checked on ``o`` (a job's type
+        # and queue never change; its status is re-checked by the equality).
+        _JOBS.c.id == bindparam("b_id"),
         _JOBS.c.id == _O.c.id,
         _JOBS.c.status == _O.c.status,
-        _JOBS.c.status.in_([_sql(status) for status in sorted(CLAIMABLE)]),
+        _O.c.status.in_([_sql(status) for status in sorted(CLAIMABLE)]),
         _JOBS.c.run == _O.c.run,
         _JOBS.c.progress == _O.c.progress,
         _JOBS.c.step.is_not_distinct_from(_O.c.step),
-        _JOBS.c.type == bindparam("b_type"),
-        _JOBS.c.queue == bindparam("b_queue"),
+        _O.c.type == bindparam("b_type"),
+        _O.c.queue == bindparam("b_queue"),
         _JOBS.c.step_index == bindparam("b_index"),
         _JOBS.c.attempt == bindparam("b_previous"),
         _JOBS.c.lease_owner.is_(None),

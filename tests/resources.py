@@ -55,27 +55,41 @@ def isolated_infra(tag: str) -> Iterator[Infra]:
     Services of one set cannot see another's jobs: the reconciler of one system would
     otherwise publish another's jobs to its own workers.
     """
-    from errand_schema.migrate import upgrade_database
-
-    require_service("PostgreSQL", "127.0.0.1", 5432)
     require_service("RabbitMQ", RABBIT_HOST, 5672)
     require_service("Redis", "127.0.0.1", 6379)
     name = f"errand_test_{RUN_ID}_{tag}"
+    with fresh_database(name) as database_url:
+        rabbitmqctl("add_vhost", name)
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        prefix = f"errand_test:{RUN_ID}:{tag}:"
+        try:
+            yield Infra(
+                database_url,
+                f"amqp://guest:guest@{RABBIT_HOST}:5672/{name}",
+                REDIS_URL,
+                prefix,
+                name,
+            )
+        finally:
+            rabbitmqctl("delete_vhost", name)
+            delete_redis_keys(prefix)
+
+
+@contextmanager
+def fresh_database(name: str, *, migrate: bool = True) -> Iterator[str]:
+    """A PostgreSQL database called ``name``, migrated unless told not to; its
+    SQLAlchemy URL. Dropped afterwards, with whatever is still connected to it."""
+    from errand_schema.migrate import upgrade_database
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    database_url = f"{base}/{name}"
-    upgrade_database(database_url)
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    prefix = f"errand_test:{RUN_ID}:{tag}:"
     try:
-        yield Infra(
-            database_url, f"amqp://guest:guest@{RABBIT_HOST}:5672/{name}", REDIS_URL, prefix, name
-        )
+        if migrate:
+            upgrade_database(f"{base}/{name}")
+        yield f"{base}/{name}"
     finally:
-        rabbitmqctl("delete_vhost", name)
-        delete_redis_keys(prefix)
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
-import psycopg
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
@@ -24,10 +23,9 @@ from errand_api.search import job_filters
 from errand_api.settings import ApiSettings
 from errand_schema.auth import Principal, create_user
 from errand_schema.db import create_db_engine
-from errand_schema.migrate import upgrade_database
 from errand_schema.models import Job, JobEvent
 
-from resources import PG_ADMIN_DSN, RUN_ID, require_service
+from resources import RUN_ID, fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -54,20 +52,12 @@ def _owned_by_user(i: int) -> bool:
 @pytest.fixture(scope="module")
 def seeded() -> Iterator[Seeded]:
     """A scratch PostgreSQL database with 10,000 labelled jobs (one event each)."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"errand_test_{RUN_ID}_everyday"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{base}/{name}"
-    engine = create_db_engine(url, pool_size=5)
-    try:
-        upgrade_database(url)
-        yield _seed(engine)
-    finally:
-        engine.dispose()
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"errand_test_{RUN_ID}_everyday") as url:
+        engine = create_db_engine(url, pool_size=5)
+        try:
+            yield _seed(engine)
+        finally:
+            engine.dispose()
 
 
 def _seed(engine: Engine) -> Seeded:

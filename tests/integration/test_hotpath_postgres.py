@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from hotpath_cases import (
@@ -29,7 +28,6 @@ from errand_schema import flow
 from errand_schema.auth import create_user
 from errand_schema.db import Precompiled, create_db_engine
 from errand_schema.messages import RunJobStep
-from errand_schema.migrate import upgrade_database
 from errand_schema.models import Job, JobAttempt, JobStep, User
 from errand_schema.states import JobStatus
 from errand_worker import hotpath
@@ -37,7 +35,7 @@ from errand_worker.hotpath import Completed
 
 from helpers import wait_for
 from inprocess import admin_client, cap_admin, events, submit, wait_status
-from resources import PG_ADMIN_DSN, RUN_ID, require_service
+from resources import RUN_ID, fresh_database
 from unit_options import TEST_WORKER_OPTIONS
 
 pytestmark = pytest.mark.integration
@@ -46,24 +44,19 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
     """The in-process system on a PostgreSQL database of its own (dropped afterwards)."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
     name = f"errand_hot_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    system = build_dev_system(
-        tmp_path / "dev",
-        threads=2,
-        job_modules=["sample_jobs", "flow_jobs"],
-        worker_options=dict(TEST_WORKER_OPTIONS),
-        database_url=f"{base}/{name}",
-    )
-    try:
-        yield system
-    finally:
-        system.close()
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(name, migrate=False) as database_url:
+        system = build_dev_system(
+            tmp_path / "dev",
+            threads=2,
+            job_modules=["sample_jobs", "flow_jobs"],
+            worker_options=dict(TEST_WORKER_OPTIONS),
+            database_url=database_url,
+        )
+        try:
+            yield system
+        finally:
+            system.close()
 
 
 @pytest.fixture
@@ -373,20 +366,12 @@ def test_a_message_sent_before_its_queue_was_paused_is_not_claimed_until_resumed
 def unanalyzed_db() -> Iterator[Engine]:
     """A migrated PostgreSQL database of its own whose tables were never analyzed (as a
     server with autovacuum off, or any server before its first analyze); dropped after."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"errand_plan_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{base}/{name}"
-    upgrade_database(url)
-    engine = create_db_engine(url, pool_size=1)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"errand_plan_{RUN_ID}_{uuid.uuid4().hex[:8]}") as database_url:
+        engine = create_db_engine(database_url, pool_size=1)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def _jobs_scans(engine: Engine, statement: object, params: dict[str, object]) -> list[str]:

@@ -9,17 +9,16 @@ other. A missing service skips those tests locally and fails them when ``CI`` is
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine
 
 from helpers import Infra
 from resources import (
-    PG_ADMIN_DSN,
     RABBIT_HOST,
     REDIS_URL,
     RUN_ID,
     delete_redis_keys,
+    fresh_database,
     rabbitmqctl,
     require_service,
 )
@@ -28,18 +27,8 @@ from resources import (
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database with the migrations applied; dropped afterwards."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    from errand_schema.migrate import upgrade_database
-
-    name = f"errand_test_{RUN_ID}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{url}/{name}"
-    upgrade_database(url)
-    yield url
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"errand_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -58,11 +58,11 @@ def isolated_infra(tag: str) -> Iterator[Infra]:
     require_service("RabbitMQ", RABBIT_HOST, 5672)
     require_service("Redis", "127.0.0.1", 6379)
     name = f"errand_test_{RUN_ID}_{tag}"
+    prefix = f"errand_test:{RUN_ID}:{tag}:"
     with fresh_database(name) as database_url:
         rabbitmqctl("add_vhost", name)
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        prefix = f"errand_test:{RUN_ID}:{tag}:"
         try:
+            rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
             yield Infra(
                 database_url,
                 f"amqp://guest:guest@{RABBIT_HOST}:5672/{name}",
@@ -71,8 +71,10 @@ def isolated_infra(tag: str) -> Iterator[Infra]:
                 name,
             )
         finally:
-            rabbitmqctl("delete_vhost", name)
-            delete_redis_keys(prefix)
+            try:
+                rabbitmqctl("delete_vhost", name)
+            finally:
+                delete_redis_keys(prefix)
 
 
 @contextmanager

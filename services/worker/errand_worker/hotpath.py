@@ -340,10 +340,15 @@ TAKE_HINTED = (
         # The job's id is the one condition on ``jobs`` an index can serve: with only
         # the join below, the planner of a table without statistics took the type's
         # index and read every job of that type for each claim (bench/HISTORY.md). The
-        # claimable status, the type and the queue are checked on ``o`` (a job's type
-        # and queue never change; its status is re-checked by the equality).
+        # claimable status, the type and the queue are compared with constants on
+        # ``o``; ``jobs`` is held to ``o`` by comparisons re-checked on the row as
+        # committed when the UPDATE waited for it. The type's and queue's are written
+        # ``IS NOT DISTINCT FROM`` (the same here: never NULL) because PostgreSQL
+        # would derive ``jobs.type = 'noop'`` from ``=`` and the constant on ``o``.
         _JOBS.c.id == bindparam("b_id"),
         _JOBS.c.id == _O.c.id,
+        _JOBS.c.type.is_not_distinct_from(_O.c.type),
+        _JOBS.c.queue.is_not_distinct_from(_O.c.queue),
         _JOBS.c.status == _O.c.status,
         _O.c.status.in_([_sql(status) for status in sorted(CLAIMABLE)]),
         _JOBS.c.run == _O.c.run,

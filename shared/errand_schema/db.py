@@ -1,12 +1,14 @@
 """Database engines and sessions for PostgreSQL (production) and SQLite (dev mode)."""
 
 import logging
+import re
 import threading
 import time
+import uuid
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -314,9 +316,19 @@ class Precompiled:
         """Every row of the statement."""
         return self._run(conn, params, one=False)
 
-    def explain(self, conn: Connection, params: dict[str, Any]) -> list[str]:
+    def explain(
+        self, conn: Connection, params: dict[str, Any], *, generic: bool = False
+    ) -> list[str]:
         """PostgreSQL's plan for the statement with these parameters (``EXPLAIN``, the
-        statement not run), one line per item: what the planner picks for them."""
+        statement not run), one line per item.
+
+        By default the plan made for these values, as for the first executions of a
+        statement; with ``generic``, the plan made for any values, which PostgreSQL
+        may keep for a statement psycopg has prepared (after five executions): the
+        statement is prepared on the server under a name of its own (deallocated
+        after) and explained with ``plan_cache_mode = force_generic_plan`` for the
+        rest of the caller's transaction.
+        """
         plan = self._plan(conn)
         if plan is None:
             raise ValueError("EXPLAIN of a precompiled statement needs PostgreSQL with psycopg")
@@ -325,8 +337,42 @@ class Precompiled:
         assert dbapi_connection is not None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"EXPLAIN {plan.sql}", values)
-            return [row[0] for row in cursor.fetchall()]
+            if not generic:
+                cursor.execute(f"EXPLAIN {plan.sql}", values)
+                return [row[0] for row in cursor.fetchall()]
+            import psycopg  # local: PostgreSQL only
+            from psycopg import ClientCursor
+            from psycopg.pq import TransactionStatus
+
+            # The driver's named placeholders as PREPARE's numbered ones, in order of
+            # first appearance; the values passed to EXECUTE in that order.
+            names: list[str] = []
+
+            def number(match: "re.Match[str]") -> str:
+                if match.group(1) not in names:
+                    names.append(match.group(1))
+                return f"${names.index(match.group(1)) + 1}"
+
+            numbered = re.sub(r"%\((\w+)\)s", number, plan.sql).replace("%%", "%")
+            types = ", ".join(_type_sql(conn.dialect, plan.types.get(n)) for n in names)
+            name = f"errand_explain_{uuid.uuid4().hex}"
+            cursor.execute(f"PREPARE {name} ({types}) AS {numbered}")
+            try:
+                cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                # The values written into the statement as literals (a client-side
+                # cursor): EXECUTE's arguments take their types from the prepared
+                # statement only as literals, not as parameters of their own.
+                arguments = ", ".join(["%s"] * len(names))
+                with ClientCursor(cast("psycopg.Connection[Any]", dbapi_connection)) as literal:
+                    literal.execute(
+                        f"EXPLAIN EXECUTE {name}({arguments})", [values[n] for n in names]
+                    )
+                    return [row[0] for row in literal.fetchall()]
+            finally:
+                # Not in a failed transaction (the caller's rollback comes first); the
+                # session's end frees it then.
+                if dbapi_connection.info.transaction_status != TransactionStatus.INERROR:
+                    cursor.execute(f"DEALLOCATE {name}")
         finally:
             cursor.close()
 
@@ -385,6 +431,8 @@ class _Plan:
         self.defaults: dict[str, Any] = compiled.construct_params(_check=False)
         self.processors: dict[str, Any] = dict(compiled._bind_processors)
         self.required = frozenset(n for n, b in compiled.binds.items() if b.required)
+        #: The SQL type of each parameter, by name (for ``PREPARE``).
+        self.types: dict[str, Any] = {n: b.type for b, n in compiled.bind_names.items()}
         self._columns = list(compiled._result_columns)
         self._row: Any = namedtuple("Row", [c[0] for c in self._columns], rename=True)  # type: ignore[misc]
         self._out: list[Any] | None = None
@@ -427,6 +475,15 @@ class _Plan:
         return [
             make(v if f is None else f(v) for f, v in zip(out, row, strict=True)) for row in rows
         ]
+
+
+def _type_sql(dialect: Any, sql_type: Any) -> str:
+    """A parameter's type as ``PREPARE`` takes it; ``unknown`` (inferred from where the
+    parameter is used) for one SQLAlchemy has no type for."""
+    try:
+        return str(dialect.type_compiler_instance.process(sql_type))
+    except Exception:  # NullType and the like
+        return "unknown"
 
 
 def _listened(conn: Connection) -> bool:

@@ -344,16 +344,7 @@ class Precompiled:
             from psycopg import ClientCursor
             from psycopg.pq import TransactionStatus
 
-            # The driver's named placeholders as PREPARE's numbered ones, in order of
-            # first appearance; the values passed to EXECUTE in that order.
-            names: list[str] = []
-
-            def number(match: "re.Match[str]") -> str:
-                if match.group(1) not in names:
-                    names.append(match.group(1))
-                return f"${names.index(match.group(1)) + 1}"
-
-            numbered = re.sub(r"%\((\w+)\)s", number, plan.sql).replace("%%", "%")
+            numbered, names = _numbered(plan.sql)
             types = ", ".join(_type_sql(conn.dialect, plan.types.get(n)) for n in names)
             name = f"errand_explain_{uuid.uuid4().hex}"
             cursor.execute(f"PREPARE {name} ({types}) AS {numbered}")
@@ -475,6 +466,18 @@ class _Plan:
         return [
             make(v if f is None else f(v) for f, v in zip(out, row, strict=True)) for row in rows
         ]
+
+
+def _numbered(sql: str) -> tuple[str, list[str]]:
+    """``sql`` with the driver's named placeholders as ``PREPARE``'s numbered ones (in
+    order of first appearance), and the names in that order."""
+    numbers: dict[str, int] = {}
+
+    def number(match: "re.Match[str]") -> str:
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    numbered = re.sub(r"%\((\w+)\)s", number, sql).replace("%%", "%")
+    return numbered, list(numbers)
 
 
 def _type_sql(dialect: Any, sql_type: Any) -> str:

@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
 
@@ -227,3 +228,28 @@ def metric_value(metrics_url: str, name: str, **labels: str) -> float:
 #: Starts one more notifier replica (the integration ``notifier`` fixture): extra
 #: ``ERRAND_*`` settings as keywords; returns the process and its URL.
 StartNotifier = Callable[..., tuple["ServiceProcess", str]]
+
+
+class LostReply:
+    """A :class:`~errand_schema.db.Precompiled` statement whose first run loses its
+    connection's reply: after its commit (``landed``) or before it reached the server
+    (as a database restart or a cut network does). Later runs are the real ones."""
+
+    def __init__(self, real: Any, *, landed: bool) -> None:
+        self.real, self.landed, self.runs = real, landed, 0
+
+    def first(self, conn: Any, params: dict[str, Any]) -> Any:
+        """As :meth:`Precompiled.first`, the first run's reply lost."""
+        return self._run("first", conn, params)
+
+    def all(self, conn: Any, params: dict[str, Any]) -> Any:
+        """As :meth:`Precompiled.all`, the first run's reply lost."""
+        return self._run("all", conn, params)
+
+    def _run(self, method: str, conn: Any, params: dict[str, Any]) -> Any:
+        self.runs += 1
+        if self.runs > 1:
+            return getattr(self.real, method)(conn, params)
+        if self.landed:
+            getattr(self.real, method)(conn, params)
+        raise DBAPIError("INSERT", {}, ConnectionError("reply lost"), connection_invalidated=True)

@@ -11,7 +11,6 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from errand_api import hotpath
@@ -19,6 +18,8 @@ from errand_api.main import create_app
 from errand_api.settings import ApiSettings
 from errand_schema.auth import create_user
 from errand_schema.models import JobType, Pause
+
+from helpers import LostReply
 
 pytestmark = pytest.mark.integration
 
@@ -184,22 +185,6 @@ def test_the_plain_case_only(api: tuple[TestClient, StubBroker], job_type: str) 
     assert taken == [True, False]
 
 
-class _LostReply:
-    """The one statement, whose first run loses its connection's reply: after its
-    commit (``landed``) or before the statement reached the server."""
-
-    def __init__(self, real: Any, *, landed: bool) -> None:
-        self.real, self.landed, self.runs = real, landed, 0
-
-    def first(self, conn: Any, params: dict[str, Any]) -> Any:
-        self.runs += 1
-        if self.runs > 1:
-            return self.real.first(conn, params)
-        if self.landed:
-            self.real.first(conn, params)
-        raise DBAPIError("INSERT", {}, ConnectionError("reply lost"), connection_invalidated=True)
-
-
 @pytest.mark.parametrize("landed", [True, False], ids=["after-commit", "before-commit"])
 def test_a_submission_whose_reply_was_lost_is_answered_once_written(
     api: tuple[TestClient, StubBroker],
@@ -216,7 +201,7 @@ def test_a_submission_whose_reply_was_lost_is_answered_once_written(
     broker.declare_queue(queue)
     assert client.get("/v1/jobs").status_code == 200  # the key is in the auth cache now
     before = broker.queues[queue].qsize()
-    lost = _LostReply(hotpath._WRITE, landed=landed)
+    lost = LostReply(hotpath._WRITE, landed=landed)
     monkeypatch.setattr(hotpath, "_WRITE", lost)
     job_id = _submit(client, job_type)
     monkeypatch.undo()

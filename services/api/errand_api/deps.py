@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import dramatiq
 from fastapi import Depends, Request
@@ -22,6 +22,9 @@ from errand_schema.auth import CALLER_KEY, Principal
 from errand_schema.estimates import Estimator
 from errand_schema.events import EventPublisher
 from errand_schema.jwt_auth import JwtVerifier, authenticate_token
+
+if TYPE_CHECKING:
+    from errand_api.grouped import SubmissionGroups
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Services:
     estimator: Estimator = field(default_factory=Estimator)
     #: API keys authenticated a moment ago (None: every request reads the database).
     auth_cache: AuthCache | None = None
+    #: Plain submissions run in groups (:mod:`errand_api.grouped`); None: each alone.
+    groups: "SubmissionGroups | None" = None
 
 
 class RedisPing:

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errand_api.deps import Services
 from errand_api.errors import ApiError
+from errand_api.grouped import groupable
 from errand_api.routes import jobs
 from errand_api.schemas import JobCreate
 from errand_schema.auth import CALLER_KEY, CallerLimits, Principal
@@ -85,7 +86,10 @@ class PlainSubmission:
         principal, limits = hit
         scope["route"] = self.route
         try:
-            response = await run_in_threadpool(_submit, services, principal, limits, job)
+            if services.groups is not None and groupable(job):
+                response = await services.groups.submit(principal, limits, job)
+            else:
+                response = await run_in_threadpool(_submit, services, principal, limits, job)
         except ApiError as exc:
             handler = scope["app"].exception_handlers[ApiError]
             response = await handler(Request(scope), exc)

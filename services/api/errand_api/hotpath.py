@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, String, Table, bindparam, select, text
+from sqlalchemy import Boolean, Connection, String, Table, bindparam, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import JSON
 from sqlmodel import Session
@@ -50,12 +50,13 @@ _NEW_STEP = {
 }
 
 
-def _job_value(column: Any) -> str:
-    """The SELECT expression of one job column, from the JSON record ``r``."""
+def _job_value(column: Any, admit: str = ":admit") -> str:
+    """The SELECT expression of one job column, from the JSON record ``r`` (``admit``:
+    the expression of whether it is admitted as written)."""
     if column.name == "published_at":
         # Admitted as it is written unless its queue or type is paused.
         return (
-            "CASE WHEN :admit AND NOT EXISTS (SELECT 1 FROM pauses AS p WHERE"
+            f"CASE WHEN {admit} AND NOT EXISTS (SELECT 1 FROM pauses AS p WHERE"  # noqa: S608
             " (p.kind = 'queue' AND p.name = r.queue)"
             " OR (p.kind = 'job_type' AND p.name = r.type)) THEN :now END"
         )
@@ -100,11 +101,100 @@ _WRITE = Precompiled(
 )
 
 
+def _event_value(column: Any) -> str:
+    """The SELECT expression of one event column, from the JSON record ``e``."""
+    if isinstance(column.type, JSON):
+        return f"COALESCE(e.{column.name}, 'null'::jsonb)"
+    return f"e.{column.name}"
+
+
+#: Several submissions in one statement (:func:`write_many`): the jobs as one JSON array
+#: (each with ``_admit``), the steps and the events as others, each row naming its job.
+_MANY_SQL = f"""
+WITH input AS (
+    SELECT r.*, CAST(e ->> '_admit' AS boolean) AS _admit
+    FROM jsonb_array_elements(CAST(:jobs AS jsonb)) AS e,
+        LATERAL jsonb_populate_record(NULL::jobs, e) AS r
+), job AS (
+    INSERT INTO jobs ({", ".join(c.name for c in _JOBS.c)})
+    SELECT {", ".join(_job_value(c, "r._admit") for c in _JOBS.c)}
+    FROM input AS r
+    RETURNING id, published_at
+), steps AS (
+    INSERT INTO job_steps (job_id, index, name, timeout_s, {", ".join(_NEW_STEP)})
+    SELECT s.job_id, s.index, s.name, s.timeout_s, :s_status, 0, 0, 'null'::jsonb,
+        'null'::jsonb, NULL, NULL
+    FROM jsonb_to_recordset(CAST(:steps AS jsonb))
+        AS s (job_id uuid, index integer, name text, timeout_s double precision)
+), event AS (
+    INSERT INTO job_events ({", ".join(c.name for c in _EVENT_COLUMNS)})
+    SELECT {", ".join(_event_value(c) for c in _EVENT_COLUMNS)}
+    FROM jsonb_populate_recordset(NULL::job_events, CAST(:events AS jsonb)) AS e
+)
+SELECT id, published_at FROM job
+"""  # noqa: S608
+_WRITE_MANY = Precompiled(
+    text(_MANY_SQL).bindparams(
+        bindparam("jobs", type_=String),
+        bindparam("now", type_=UtcDateTime()),
+        bindparam("s_status", type_=String),
+        bindparam("steps", type_=String),
+        bindparam("events", type_=String),
+    )
+)
+
+
+def write_many(conn: Connection, rows: list[tuple[Created, list[Any], bool]]) -> list[Any]:
+    """Write several plain submissions (``(created, plain_rows, admit)`` each) in one
+    statement on ``conn`` (in autocommit: the statement is its transaction); return the
+    ``published_at`` of each, in order (None: not admitted as written).
+
+    One round trip and one commit for the group instead of one each. A connection lost
+    before the reply is handled as :func:`write_submission` does (the group's rows are
+    looked for by their ids, else written again); any other error fails the whole
+    statement, and nothing of it is written.
+    """
+    jobs, steps, events = [], [], []
+    for created, pending, admit in rows:
+        job = created.job
+        jobs.append(_fields(job, _JOBS.c) | {"_admit": admit})
+        steps += [
+            {"job_id": str(job.id), "index": s.index, "name": s.name, "timeout_s": s.timeout_s}
+            for s in created.steps
+        ]
+        events += [_fields(o, _EVENT_COLUMNS) for o in pending if isinstance(o, JobEvent)]
+    params = {
+        "jobs": json.dumps(jobs, separators=(",", ":")),
+        "now": utcnow(),
+        "s_status": _NEW_STEP["status"],
+        "steps": json.dumps(steps, separators=(",", ":")),
+        "events": json.dumps(events, separators=(",", ":")),
+    }
+    ids = [created.job.id for created, _, _ in rows]
+    try:
+        found = _WRITE_MANY.all(conn, params)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning("database connection lost during %d submissions; looking for them", len(ids))
+        conn.rollback()
+        found = list(
+            conn.execute(select(_JOBS.c.id, _JOBS.c.published_at).where(_JOBS.c.id.in_(ids)))
+        ) or _WRITE_MANY.all(conn, params)
+    published = {row.id: row.published_at for row in found}
+    return [published[i] for i in ids]
+
+
 def _record(job: Job) -> str:
     """The job's columns as the JSON object ``jsonb_populate_record`` reads."""
+    return json.dumps(_fields(job, _JOBS.c), separators=(",", ":"))
+
+
+def _fields(obj: Any, columns: Any) -> dict[str, Any]:
+    """``obj``'s values of ``columns`` as JSON values (times in ISO form, ids as text)."""
     row: dict[str, Any] = {}
-    for column in _JOBS.c:
-        value = getattr(job, column.name)
+    for column in columns:
+        value = getattr(obj, column.name)
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 raise ValueError("naive datetime; use an aware UTC datetime")
@@ -112,10 +202,10 @@ def _record(job: Job) -> str:
         elif isinstance(value, uuid.UUID):
             value = str(value)
         row[column.name] = value
-    return json.dumps(row, separators=(",", ":"))
+    return row
 
 
-def _holds_connection(session: Session) -> bool:
+def holds_connection(session: Session) -> bool:
     """Whether the session has begun a transaction on a connection.
 
     Not :meth:`Session.in_transaction`: adding the new rows begins the session's own
@@ -146,15 +236,9 @@ def _after_lost_reply(
     return _WRITE.first(conn, params)
 
 
-def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
-    """Write ``created`` (a new job, its steps, its first event) in one statement on
-    PostgreSQL and take it out of the session; return whether it was admitted as it was
-    written (``admit`` and neither its queue nor its type paused).
-
-    Returns None, leaving everything to the session's flush, when this is not the plain
-    case (see the module's docstring) or the database is not PostgreSQL. When the
-    session had no transaction open, the statement commits by itself.
-    """
+def plain_rows(session: Session, created: Created) -> list[Any] | None:
+    """What the session holds for ``created`` (the job, its steps, its event) when
+    that is the plain case (see the module's docstring) on PostgreSQL, else None."""
     job, steps = created.job, created.steps
     if session.get_bind().dialect.name != "postgresql" or session.dirty or session.deleted:
         return None
@@ -168,6 +252,33 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
         or any(getattr(s, k) != v for s in steps for k, v in _NEW_STEP.items())
     ):
         return None
+    return pending
+
+
+def written(session: Session, created: Created, pending: list[Any], published: Any) -> bool:
+    """Take the rows of a submission written by statement out of ``session``; set the
+    job's ``published_at``; return whether it was admitted as it was written."""
+    for obj in pending:
+        if obj in session:
+            session.expunge(obj)
+    created.job.published_at = published
+    return published is not None
+
+
+def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
+    """Write ``created`` (a new job, its steps, its first event) in one statement on
+    PostgreSQL and take it out of the session; return whether it was admitted as it was
+    written (``admit`` and neither its queue nor its type paused).
+
+    Returns None, leaving everything to the session's flush, when this is not the plain
+    case (see the module's docstring) or the database is not PostgreSQL. When the
+    session had no transaction open, the statement commits by itself.
+    """
+    job, steps = created.job, created.steps
+    pending = plain_rows(session, created)
+    if pending is None:
+        return None
+    events = [o for o in pending if isinstance(o, JobEvent)]
     params: dict[str, Any] = {f"e_{c.name}": getattr(events[0], c.name) for c in _EVENT_COLUMNS}
     params |= {
         "job": _record(job),
@@ -181,7 +292,7 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
     }
     # The statement alone is the transaction (as the worker's claims and completions):
     # no COMMIT round trip. Inside a transaction already begun, it stays part of it.
-    alone = not _holds_connection(session)
+    alone = not holds_connection(session)
     options = {"isolation_level": "AUTOCOMMIT"} if alone else None
     try:
         row = _WRITE.first(session.connection(execution_options=options), params)
@@ -189,11 +300,7 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
         if not (alone and exc.connection_invalidated):
             raise
         row = _after_lost_reply(session, job.id, params, options)
-    for obj in pending:
-        if obj in session:
-            session.expunge(obj)
+    admitted = written(session, created, pending, row.published_at if row is not None else None)
     if alone:
         session.commit()  # nothing left to commit: the connection goes back to the pool
-    published: datetime | None = row.published_at if row is not None else None
-    job.published_at = published
-    return published is not None
+    return admitted

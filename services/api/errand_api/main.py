@@ -9,6 +9,7 @@ from typing import Any
 
 import dramatiq
 from anyio.to_thread import current_default_thread_limiter
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
@@ -28,6 +29,7 @@ from errand_api.deps import RedisPing, Services
 from errand_api.errors import PayloadTooLarge
 from errand_api.fastpath import PATH as PLAIN_PATH
 from errand_api.fastpath import PlainSubmission
+from errand_api.grouped import SubmissionGroups
 from errand_api.openapi import install_openapi
 from errand_api.problems import install_problem_handlers, problem
 from errand_api.publisher import Publisher, build_broker
@@ -134,6 +136,8 @@ def create_app(
             with Session(engine) as session:
                 ensure_bootstrap_admin(session, settings.bootstrap_admin_key.get_secret_value())
         yield
+        if services.groups is not None:
+            services.groups.close()  # answer what is queued
         services.events.close()  # anything a slow write left pending
 
     app = FastAPI(
@@ -142,6 +146,14 @@ def create_app(
         description=API_DESCRIPTION,
         lifespan=lifespan,
     )
+    if (
+        settings.submit_group_max > 0
+        and isinstance(broker, RabbitmqBroker)
+        and engine.dialect.name == "postgresql"
+    ):
+        services.groups = SubmissionGroups(
+            services, threads=settings.submit_group_threads, max_group=settings.submit_group_max
+        )
     app.state.services = services
     if configure_tracing(
         "errand-api",

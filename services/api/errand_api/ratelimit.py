@@ -87,6 +87,7 @@ class TokenBucket:
         """``fail_open``: while Redis is unreachable, let submissions through unchecked
         (True) or refuse them with ``503`` (False)."""
         self._prefix = prefix
+        self._client = client
         self._script = client.register_script(_TAKE)
         self._fail_open = fail_open
         self._lock = threading.Lock()
@@ -107,10 +108,45 @@ class TokenBucket:
             return self._without_redis(burst, cost)
         if self._reported:
             self._report(away=False)
-        tokens = int(milli) / 1000
+        return self._decision(bool(allowed), int(milli), rate_per_s, burst, cost)
+
+    def take_many(self, takes: list[tuple[str, float, int, int]]) -> list[Decision | Exception]:
+        """:meth:`take` for each ``(user, rate_per_s, burst, cost)`` in order, in one
+        round trip (a pipeline of the same script: Redis runs each atomically, in this
+        order). Each outcome is its decision, or the :class:`RateLimitUnavailable`
+        :meth:`take` would have raised."""
+        if not takes:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        now = time.time()
+        for user, rate, burst, cost in takes:
+            self._script(
+                keys=[f"{self._prefix}ratelimit:{user}"], args=[rate, burst, cost, now], client=pipe
+            )
+        try:
+            replies = pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError):
+            self._report(away=True)
+            out: list[Decision | Exception] = []
+            for _user, _rate, burst, cost in takes:
+                try:
+                    out.append(self._without_redis(burst, cost))
+                except RateLimitUnavailable as exc:
+                    out.append(exc)
+            return out
+        if self._reported:
+            self._report(away=False)
+        return [
+            self._decision(bool(allowed), int(milli), rate, burst, cost)
+            for (allowed, milli), (_user, rate, burst, cost) in zip(replies, takes, strict=True)
+        ]
+
+    @staticmethod
+    def _decision(allowed: bool, milli: int, rate_per_s: float, burst: int, cost: int) -> Decision:
+        tokens = milli / 1000
         refill_s = (burst - tokens) / rate_per_s
         wait_s = 0.0 if allowed else (cost - tokens) / rate_per_s
-        return Decision(bool(allowed), burst, int(tokens), refill_s, wait_s)
+        return Decision(allowed, burst, int(tokens), refill_s, wait_s)
 
     def _report(self, *, away: bool) -> None:
         """Log the start and the end of an outage, once each."""

@@ -24,6 +24,12 @@ class ApiSettings(CommonSettings):
     #: threads mostly queue for the GIL, and since the submission got lighter 8 spend
     #: ~12% less CPU per submission than 16. Keep it below ``db_pool_size``.
     request_threads: int = Field(default=8, ge=1)
+    #: Plain submissions waiting at once are handled as one group, up to this many
+    #: (one token-bucket round trip, one statement, one publish for the group:
+    #: errand_api.grouped); 0 handles each on its own. PostgreSQL and RabbitMQ only.
+    submit_group_max: int = Field(default=64, ge=0)
+    #: Threads that run the groups (one group each at a time).
+    submit_group_threads: int = Field(default=2, ge=1)
     #: Seconds an API key authenticated by this process is answered from memory (0:
     #: read the database on every request). A revocation through the API is refused at
     #: once anyway (see errand_api.authcache); other changes to a user show within it.

@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,11 +17,13 @@ from errand_api.deps import PrincipalDep, Services, ServicesDep, SessionDep
 from errand_api.errors import InvalidJob, JobNotFound, RateLimited
 from errand_api.hotpath import write_submission
 from errand_api.idempotency import find_job_for_key, remember_key, request_hash
+from errand_api.ratelimit import Decision
 from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
-from errand_api.submission import check_job, create_job
+from errand_api.submission import Created, check_job, create_job
 from errand_schema.auth import Principal, user_limits
 from errand_schema.flow import admissible_at_once, admit_new, message_for, user_cap
+from errand_schema.messages import RunJobStep
 from errand_schema.models import Job
 from errand_schema.queues import Priority
 from errand_schema.states import JobStatus
@@ -75,26 +78,16 @@ def submit_job(
     take_tokens(session, services, principal, response, 1)
     created = create_job(session, services.catalog, principal, body, services.rules)
     job = created.job
-    cap = services.settings.max_in_flight_per_user
     # Admitted as it is written when nothing can hold it back (no cap, no pause): in
     # the one statement of the plain case, else decided here and flushed by the ORM.
     written = None
     if created.new and not idempotency_key:
+        cap = services.settings.max_in_flight_per_user
         written = write_submission(session, created, admit=admissible_at_once(session, job, cap))
-    at_once = (created.new and admit_new(session, job, cap)) if written is None else written
-    if idempotency_key:
-        remember_key(session, principal.user_id, idempotency_key, body_hash, job.id)
     try:
-        # The key's row first: a concurrent request with the same key fails here.
-        session.flush()
-        # Admitted in the same transaction: one commit, then the message. A job admitted
-        # as it was written belongs to an uncapped user: nothing else of theirs waits for
-        # a slot (what waits on a pause, or on a failed publish, is the reconciler's).
-        if at_once:
-            admitted = [message_for(job)]
-        else:
-            admitted = admit(services, session, job.owner_id) if created.new else []
-        session.commit()
+        admitted = commit_submission(
+            services, session, created, written, (idempotency_key, body_hash)
+        )
     except IntegrityError:
         # A concurrent request with the same key won: answer with its job.
         session.rollback()
@@ -102,6 +95,60 @@ def submit_job(
         if existing is None:
             raise
         return _existing(session, response, existing)
+    return finish_submission(
+        services,
+        session,
+        created,
+        response,
+        admitted,
+        lambda messages: publish_admitted(services, session, messages),
+    )
+
+
+def commit_submission(
+    services: Services,
+    session: Session,
+    created: Created,
+    written: bool | None,
+    key: tuple[str | None, str] = (None, ""),
+) -> list[tuple[RunJobStep, str, str]]:
+    """Commit a created job (its rows already written when ``written`` is not None:
+    whether it was admitted as written); return the messages to send after the commit.
+
+    ``key``: the submission's idempotency key and body hash, remembered in the same
+    transaction (an :class:`IntegrityError` when a concurrent request took the key).
+    """
+    job = created.job
+    cap = services.settings.max_in_flight_per_user
+    at_once = (created.new and admit_new(session, job, cap)) if written is None else written
+    idempotency_key, body_hash = key
+    if idempotency_key:
+        remember_key(session, job.owner_id, idempotency_key, body_hash, job.id)
+    # The key's row first: a concurrent request with the same key fails here.
+    session.flush()
+    # Admitted in the same transaction: one commit, then the message. A job admitted as
+    # it was written belongs to an uncapped user: nothing else of theirs waits for a
+    # slot (what waits on a pause, or on a failed publish, is the reconciler's).
+    if at_once:
+        admitted = [message_for(job)]
+    else:
+        admitted = admit(services, session, job.owner_id) if created.new else []
+    session.commit()
+    return admitted
+
+
+def finish_submission(
+    services: Services,
+    session: Session,
+    created: Created,
+    response: Response,
+    admitted: list[tuple[RunJobStep, str, str]],
+    publish: Callable[[list[tuple[RunJobStep, str, str]]], object],
+) -> Response:
+    """The committed submission's events, messages (handed to ``publish``: sent now,
+    or by :mod:`errand_api.grouped` with the other submissions of its group), metrics,
+    log line and answer."""
+    job = created.job
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created.new:
         # Deduplicated: the job that stands is an earlier one.
@@ -110,7 +157,7 @@ def submit_job(
         settle(services, session)
         return as_json(job_public(job, created.steps), response, status.HTTP_202_ACCEPTED)
     services.events.publish([created.event] if created.event else [])
-    publish_admitted(services, session, admitted)
+    publish(admitted)
     settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     logger.info("job %s (%s) %s", job.id, job.type, job.status)
@@ -263,6 +310,14 @@ def _existing(session: Session, response: Response, job_id: uuid.UUID) -> JobPub
 def take_tokens(
     session: Session, services: Services, principal: Principal, response: Response, cost: int
 ) -> None:
+    bucket = token_bucket_of(session, services, principal, cost)
+    enforce(services.limiter.take(*bucket), response)
+
+
+def token_bucket_of(
+    session: Session, services: Services, principal: Principal, cost: int
+) -> tuple[str, float, int, int]:
+    """The token bucket's ``(user, rate_per_s, burst, cost)`` for a submission."""
     limits = user_limits(session, principal.user_id)
     rate = (
         limits.rate_limit_per_s
@@ -270,7 +325,15 @@ def take_tokens(
         else services.settings.rate_limit_per_s
     )
     burst = max(services.settings.rate_limit_burst, cost)
-    decision = services.limiter.take(str(principal.user_id), rate, burst, cost)
+    return str(principal.user_id), rate, burst, cost
+
+
+def enforce(decision: Decision, response: Response) -> None:
+    """Refuse a submission the bucket refused; else set its ``RateLimit-*`` headers.
+
+    Raises:
+        RateLimited: The bucket refused it.
+    """
     if not decision.allowed:
         metrics.RATE_LIMITED.inc()
         raise RateLimited(

@@ -1,0 +1,361 @@
+"""Plain submissions of concurrent requests handled in groups (bench/README.md).
+
+One API process is bound by its Python (the GIL), and each plain ``POST /v1/jobs``
+made three blocking round trips of its own: the token bucket's script (Redis), the
+one-statement write (PostgreSQL) and the publish with its confirm (RabbitMQ). Each
+round trip costs the process more than its Python: the thread hand-offs around it and
+the per-call work of three clients. Measured by leaving them out one at a time
+(bench/HISTORY.md): the publish ~40% of the throughput, the token bucket ~24%.
+
+Here the event loop hands each plain submission (see :mod:`errand_api.fastpath`) to a
+few threads of their own. A thread takes every submission waiting (up to
+``ERRAND_SUBMIT_GROUP_MAX``) and runs them as one group, as PostgreSQL's group commit
+does for flushes:
+
+1. the token bucket for every one, in one pipeline (Redis runs the scripts in order,
+   each atomically, as for one request after the other);
+2. each job validated and built by the same code as the route
+   (:func:`~errand_api.submission.create_job`), in the request's context (its trace,
+   its log context), on a session of its own;
+3. every plain one written in one statement (:func:`~errand_api.hotpath.write_many`,
+   one transaction); anything else (a job deduplicated, reused, not admitted at once,
+   or the group's statement failing) goes through the route's own path, alone;
+4. events, metrics, log line and answer as the route makes them
+   (:func:`~errand_api.routes.jobs.finish_submission`);
+5. every message in one AMQP transaction (:class:`~errand_api.publisher.GroupPublisher`);
+   a message the broker did not take un-admits its job, which the reconciler sends
+   later, as for the route;
+6. each answer handed back to the event loop.
+
+Each request is answered after its job is committed and its message taken by the
+broker, as before. What a group shares: one wait. A slow statement or broker delays
+every submission of its group, and a group's statement that fails is retried one
+submission at a time, so one bad row fails alone.
+"""
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from fastapi import Response
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from errand_api.admission import publish_admitted
+from errand_api.deps import Services
+from errand_api.hotpath import holds_connection, plain_rows, write_many, write_submission, written
+from errand_api.publisher import GroupPublisher, Outgoing
+from errand_api.routes import jobs
+from errand_api.schemas import JobCreate
+from errand_api.submission import Created, create_job
+from errand_schema.auth import CALLER_KEY, CallerLimits, Principal
+from errand_schema.flow import admissible_at_once
+from errand_schema.messages import RunJobStep
+from errand_schema.models import Job
+
+logger = logging.getLogger(__name__)
+
+#: What a group publishes: (message, queue, priority) of the route's admissions.
+Admitted = list[tuple[RunJobStep, str, str]]
+
+
+@dataclass
+class _Item:
+    """One submission on its way through a group."""
+
+    principal: Principal
+    limits: CallerLimits
+    body: JobCreate
+    context: contextvars.Context
+    loop: asyncio.AbstractEventLoop
+    future: "asyncio.Future[Response]"
+    session: Session | None = None
+    response: Response = field(default_factory=lambda: _sub_response())
+    created: Created | None = None
+    pending: list[Any] | None = None
+    admit: bool = False
+    #: The answer, or what to raise in the request; None while under way.
+    outcome: Response | BaseException | None = None
+    #: Messages to send with the group's, once ``outcome`` is set.
+    admitted: Admitted = field(default_factory=list)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the request's context (trace, log context)."""
+        return self.context.run(fn, *args)
+
+
+def _sub_response() -> Response:
+    """FastAPI's sub-response: headers only, no status until the route sets one."""
+    sub = Response()
+    del sub.headers["content-length"]
+    sub.status_code = None  # type: ignore[assignment]
+    return sub
+
+
+def groupable(body: JobCreate) -> bool:
+    """Whether a submission may go to a group: none of what takes the route's other
+    paths at once (deduplication's lock, dependencies, a start time)."""
+    return (
+        body.dedup is None and not body.depends_on and body.run_at is None and body.delay_s is None
+    )
+
+
+class SubmissionGroups:
+    """The threads that run plain submissions in groups (see the module)."""
+
+    def __init__(self, services: Services, *, threads: int = 2, max_group: int = 64) -> None:
+        self._services = services
+        self._threads_wanted = threads
+        self._max_group = max_group
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    async def submit(self, principal: Principal, limits: CallerLimits, body: JobCreate) -> Response:
+        """The answer to one plain submission (raises what the route would raise)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
+        item = _Item(principal, limits, body, contextvars.copy_context(), loop, future)
+        self._start()
+        self._queue.put(item)
+        return await future
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Answer what is queued, then stop the threads."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(timeout_s)
+
+    def _start(self) -> None:
+        if len(self._threads) >= self._threads_wanted:
+            return
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the API is shutting down")
+            while len(self._threads) < self._threads_wanted:
+                thread = threading.Thread(
+                    target=self._run, name=f"errand-submit-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def _run(self) -> None:
+        broker = self._services.broker
+        assert isinstance(broker, RabbitmqBroker)  # see create_app
+        publisher = GroupPublisher(broker)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group = [first]
+                stop = False
+                while len(group) < self._max_group:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                _Group(self._services, publisher, group).run()
+                if stop:
+                    return
+        finally:
+            publisher.close()
+            # This thread's connection of the broker (queue declarations, and the
+            # route's publishes of what went alone): closed with the thread.
+            del broker.connection
+
+
+class _Group:
+    """One group of submissions, from the token bucket to the answers."""
+
+    def __init__(self, services: Services, publisher: GroupPublisher, items: list[_Item]) -> None:
+        self.services = services
+        self.publisher = publisher
+        self.items = items
+
+    def run(self) -> None:
+        try:
+            self._tokens()
+            self._create()
+            self._write()
+            self._publish()
+        except BaseException as exc:  # answer every request, whatever happened
+            logger.exception("a group of %d submissions failed", len(self.items))
+            for item in self.items:
+                if item.outcome is None:
+                    item.outcome = exc
+        finally:
+            for item in self.items:
+                if item.session is not None:
+                    item.session.close()
+            self._answer()
+
+    def _live(self) -> list[_Item]:
+        return [item for item in self.items if item.outcome is None]
+
+    def _tokens(self) -> None:
+        """The token bucket of every submission, in one round trip."""
+        services = self.services
+        takes = []
+        for item in self.items:
+            session = Session(services.engine, expire_on_commit=False)
+            session.info[CALLER_KEY] = item.limits  # as get_principal leaves a cached caller
+            item.session = session
+            takes.append(jobs.token_bucket_of(session, services, item.principal, 1))
+        for item, decision in zip(self.items, services.limiter.take_many(takes), strict=True):
+            if isinstance(decision, Exception):
+                item.outcome = decision
+            else:
+                self._step(item, jobs.enforce, decision, item.response)
+
+    def _create(self) -> None:
+        """Each job built as the route builds it; the plain ones kept for the group's
+        statement, the others finished alone."""
+        cap = self.services.settings.max_in_flight_per_user
+        for item in self._live():
+            session = item.session
+            assert session is not None
+            created = self._step(
+                item,
+                create_job,
+                session,
+                self.services.catalog,
+                item.principal,
+                item.body,
+                self.services.rules,
+            )
+            if item.outcome is not None:
+                continue
+            item.created = created
+            item.pending = plain_rows(session, created) if created.new else None
+            item.admit = created.new and admissible_at_once(session, created.job, cap)
+            # A job that is not plain goes alone; so does one whose building read the
+            # database (a type's first use in a while): its session holds a connection,
+            # and a group's sessions all holding one could exhaust the pool.
+            if item.pending is None or not item.admit or holds_connection(session):
+                self._alone(item)
+
+    def _write(self) -> None:
+        """The plain submissions' rows in one statement, then each one committed and
+        answered (its messages kept for the group's publish)."""
+        plain = [item for item in self._live() if item.pending is not None]
+        if not plain:
+            return
+        rows = [(item.created, item.pending, item.admit) for item in plain]
+        try:
+            with self.services.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            ) as conn:
+                published = write_many(conn, rows)  # type: ignore[arg-type]
+        except Exception:
+            logger.warning(
+                "the statement of %d submissions failed; writing them one by one",
+                len(plain),
+                exc_info=True,
+            )
+            for item in plain:
+                item.pending = None
+                self._alone(item)
+            return
+        for item, at in zip(plain, published, strict=True):
+            self._step(item, self._finish, item, at)
+
+    def _finish(self, item: _Item, published_at: Any) -> None:
+        session, created = item.session, item.created
+        assert session is not None
+        assert created is not None
+        assert item.pending is not None
+        admitted = written(session, created, item.pending, published_at)
+        messages = jobs.commit_submission(self.services, session, created, admitted)
+        item.outcome = jobs.finish_submission(
+            self.services, session, created, item.response, messages, item.admitted.extend
+        )
+
+    def _alone(self, item: _Item) -> None:
+        """The route's own path for one submission (write, commit, publish, answer)."""
+        self._step(item, self._route_path, item)
+
+    def _route_path(self, item: _Item) -> None:
+        session, created = item.session, item.created
+        assert session is not None
+        assert created is not None
+        services = self.services
+        at_once = write_submission(session, created, admit=item.admit) if created.new else None
+        messages = jobs.commit_submission(services, session, created, at_once)
+        item.outcome = jobs.finish_submission(
+            services,
+            session,
+            created,
+            item.response,
+            messages,
+            lambda m: publish_admitted(services, session, m),
+        )
+
+    def _publish(self) -> None:
+        """Every admitted message of the group in one transaction; the jobs of those the
+        broker did not take are un-admitted (the reconciler sends them later)."""
+        outgoing: list[Outgoing] = []
+        owners: list[_Item] = []
+        for item in self.items:
+            if isinstance(item.outcome, Response):
+                for msg, queue_name, priority in item.admitted:
+                    outgoing.append((msg, queue_name, priority, item.context))
+                    owners.append(item)
+        if not outgoing:
+            return
+        sent = self.publisher.publish(outgoing)
+        unsent = [m[0].job_id for m, ok in zip(outgoing, sent, strict=True) if not ok]
+        if not unsent:
+            return
+        try:
+            with self.services.engine.begin() as conn:
+                conn.execute(update(Job).where(col(Job.id).in_(unsent)).values(published_at=None))
+        except Exception as exc:  # as the route: a failed un-admission is a 500
+            for (msg, *_), item in zip(outgoing, owners, strict=True):
+                if msg.job_id in unsent:
+                    item.outcome = exc
+
+    def _step(self, item: _Item, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the item's context; what it raises becomes its outcome."""
+        try:
+            return item.run(fn, *args)
+        except Exception as exc:
+            item.outcome = exc
+            return None
+
+    def _answer(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        for item in self.items:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(items: list[_Item]) -> None:
+    for item in items:
+        if item.future.done():
+            continue
+        outcome = item.outcome
+        if isinstance(outcome, Response):
+            item.future.set_result(outcome)
+        else:
+            item.future.set_exception(
+                outcome if outcome is not None else RuntimeError("submission not handled")
+            )

@@ -1,0 +1,425 @@
+"""Plain submissions of concurrent requests run in groups (errand_api.grouped), on this
+run's PostgreSQL, RabbitMQ vhost and Redis prefix: every request gets the answer it
+would get alone, every job is written once and sent once, and one bad submission, a
+refused token, a failed group statement or a broker away touches only what it must."""
+
+import asyncio
+import contextlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pika
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
+
+from errand_api import grouped, hotpath
+from errand_api.grouped import SubmissionGroups
+from errand_api.main import create_app
+from errand_api.schemas import JobCreate
+from errand_api.settings import ApiSettings
+from errand_schema.auth import CallerLimits, Principal, create_user
+from errand_schema.logging import log_context
+from errand_schema.models import JobType, Pause
+
+from helpers import Infra, LostReply, wait_for
+
+pytestmark = pytest.mark.integration
+
+STEPS = [{"name": "fetch", "timeout_s": 7.5}, {"name": "render"}]
+#: Concurrent requests per test.
+N = 12
+
+
+@pytest.fixture(scope="module")
+def job_type(db_engine: Engine) -> str:
+    name = f"grp.{uuid.uuid4().hex[:8]}"
+    with Session(db_engine) as session:
+        session.add(JobType(name=name, queue=f"q-{name}", steps=STEPS, max_attempts=4))
+        session.commit()
+    return name
+
+
+@pytest.fixture(scope="module")
+def client(infra: Infra, db_engine: Engine) -> Iterator[TestClient]:
+    settings = ApiSettings(
+        database_url=str(db_engine.url),
+        rabbitmq_url=infra.rabbitmq_url,
+        redis_url=infra.redis_url,
+        redis_prefix=f"{infra.redis_prefix}groups:",
+        max_in_flight_per_user=0,
+        submit_group_threads=1,
+    )
+    with _app(settings, db_engine) as app:
+        assert app.state.services.groups is not None  # PostgreSQL and RabbitMQ: groups on
+        with TestClient(app) as test_client:
+            yield test_client
+            test_client.portal.call(app.state.async_redis.aclose)  # on the app's loop
+
+
+@contextlib.contextmanager
+def _app(settings: ApiSettings, db_engine: Engine) -> Iterator[Any]:
+    """The API on this run's services, with Redis clients closed after."""
+    redis = Redis.from_url(settings.redis_url)
+    async_redis = AsyncRedis.from_url(settings.redis_url)
+    app = create_app(settings, engine=db_engine, redis=redis, async_redis=async_redis)
+    app.state.async_redis = async_redis
+    try:
+        yield app
+    finally:
+        redis.close()
+
+
+def _user(db_engine: Engine, **limits: Any) -> dict[str, str]:
+    """A new user's auth header (``limits``: columns of the user's row)."""
+    return _user_and_id(db_engine, **limits)[0]
+
+
+def _user_and_id(db_engine: Engine, **limits: Any) -> tuple[dict[str, str], str]:
+    with Session(db_engine) as session:
+        user, key = create_user(session, f"grp-{uuid.uuid4().hex[:8]}")
+        for name, value in limits.items():
+            setattr(user, name, value)
+        session.add(user)
+        session.commit()
+        return {"Authorization": f"Bearer {key}"}, str(user.id)
+
+
+def _held_groups(client: TestClient, monkeypatch: pytest.MonkeyPatch, size: int) -> list[int]:
+    """Make the first group wait (up to 10 s) until ``size`` submissions are in it or
+    queued behind it, so the second group holds all the rest; return the sizes of the
+    groups' statements as they run."""
+    groups: SubmissionGroups = client.app.state.services.groups  # type: ignore[attr-defined]
+    sizes: list[int] = []
+    real_many = grouped.write_many
+    real_tokens = grouped._Group._tokens
+    first = threading.Event()
+
+    def tokens(self: Any) -> None:
+        if not first.is_set():
+            first.set()
+            wait_for(
+                lambda: len(self.items) + groups._queue.qsize() >= size,
+                10,
+                0.01,
+                what=f"{size} submissions handed to the groups",
+            )
+        real_tokens(self)
+
+    def many(conn: Any, rows: list[Any]) -> list[Any]:
+        sizes.append(len(rows))
+        return real_many(conn, rows)
+
+    monkeypatch.setattr(grouped._Group, "_tokens", tokens)
+    monkeypatch.setattr(grouped, "write_many", many)
+    return sizes
+
+
+def _post_all(
+    client: TestClient, bodies: list[dict[str, Any]], headers: dict[str, str]
+) -> list[Any]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: client.post("/v1/jobs", json=b, headers=headers), bodies))
+
+
+def _queued_ids(infra: Infra, queue: str) -> list[str]:
+    """Take every message of ``queue`` (this run's vhost); return their job ids."""
+    params = pika.URLParameters(infra.rabbitmq_url)
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        ids = []
+        while True:
+            method, _props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return ids
+            ids.append(json.loads(body)["args"][0]["job_id"])
+    finally:
+        connection.close()
+
+
+def _rows(db_engine: Engine, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Per job: (status, published, its steps' names, its events' types)."""
+    out = {}
+    with db_engine.connect() as conn:
+        for job_id in ids:
+            status, published = conn.execute(
+                text("SELECT status, published_at IS NOT NULL FROM jobs WHERE id = :i"),
+                {"i": job_id},
+            ).one()
+            steps = conn.execute(
+                text("SELECT name FROM job_steps WHERE job_id = :i ORDER BY index"), {"i": job_id}
+            ).scalars()
+            events = conn.execute(
+                text("SELECT type FROM job_events WHERE job_id = :i ORDER BY seq"), {"i": job_id}
+            ).scalars()
+            out[job_id] = (status, published, list(steps), list(events))
+    return out
+
+
+def _written_and_sent_once(db_engine: Engine, infra: Infra, job_type: str, ids: list[str]) -> None:
+    """Each job is queued with its steps and its one event, admitted, and its message
+    is in the queue once."""
+    rows = _rows(db_engine, ids)
+    assert all(r == ("queued", True, ["fetch", "render"], ["queued"]) for r in rows.values())
+    assert sorted(_queued_ids(infra, f"q-{job_type}")) == sorted(ids)
+
+
+def _count(db_engine: Engine, sql: str, **params: Any) -> int:
+    with db_engine.connect() as conn:
+        return int(conn.execute(text(sql), params).scalar_one())
+
+
+def test_concurrent_submissions_are_written_and_sent_once_each_in_a_group(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200  # key in memory
+    sizes = _held_groups(client, monkeypatch, N)
+    bodies = [{"type": job_type, "payload": {"n": i}, "labels": {"i": str(i)}} for i in range(N)]
+    answers = _post_all(client, bodies, headers)
+    assert [a.status_code for a in answers] == [202] * N, [a.text for a in answers]
+    assert max(sizes) > 1  # submissions shared a statement
+    ids = [a.json()["id"] for a in answers]
+    for answer, body in zip(answers, bodies, strict=True):
+        view = answer.json()
+        assert view["labels"] == body["labels"]  # each got its own job back
+        assert answer.headers["Location"] == f"/v1/jobs/{view['id']}"
+        assert "RateLimit-Remaining" in answer.headers
+        assert "X-Request-ID" in answer.headers
+    assert len(set(ids)) == N
+    _written_and_sent_once(db_engine, infra, job_type, ids)
+
+
+def test_refused_tokens_and_invalid_jobs_fail_alone(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user with 4 tokens left and no refill: 4 of its submissions pass, in order of
+    arrival; an unknown type is a 422; the other user's jobs in the same group pass."""
+    limited, limited_id = _user_and_id(db_engine, rate_limit_per_s=0.001)
+    other = _user(db_engine)
+    for h in (limited, other):
+        assert client.get("/v1/jobs", headers=h).status_code == 200
+    sizes = _held_groups(client, monkeypatch, 8)
+    before = _count(db_engine, "SELECT count(*) FROM jobs")
+    # The bucket holds 100 tokens (the default burst): spend 96 of them first.
+    limiter = client.app.state.services.limiter  # type: ignore[attr-defined]
+    assert limiter.take(limited_id, 0.001, 100, 96).allowed
+    with ThreadPoolExecutor(8) as pool:
+        limited_answers = pool.map(
+            lambda i: client.post("/v1/jobs", json={"type": job_type}, headers=limited), range(6)
+        )
+        bad = pool.submit(client.post, "/v1/jobs", json={"type": "no.such.type"}, headers=other)
+        good = pool.submit(client.post, "/v1/jobs", json={"type": job_type}, headers=other)
+        codes = sorted(a.status_code for a in limited_answers)
+    assert codes == [202] * 4 + [429] * 2
+    assert bad.result().status_code == 422
+    assert good.result().status_code == 202
+    assert max(sizes) > 1
+    assert _count(db_engine, "SELECT count(*) FROM jobs") == before + 5
+    assert len(_queued_ids(infra, f"q-{job_type}")) == 5
+
+
+@pytest.mark.parametrize("kind", ["queue", "job_type"])
+def test_a_paused_job_in_a_group_is_written_and_not_sent(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    name = f"q-{job_type}" if kind == "queue" else job_type
+    with Session(db_engine) as session:
+        session.add(Pause(kind=kind, name=name))
+        session.commit()
+    try:
+        sizes = _held_groups(client, monkeypatch, 4)
+        answers = _post_all(client, [{"type": job_type}] * 4, headers)
+        assert [a.status_code for a in answers] == [202] * 4
+        assert max(sizes) > 1
+        rows = _rows(db_engine, [a.json()["id"] for a in answers])
+        assert {r[:2] for r in rows.values()} == {("queued", False)}
+        assert _queued_ids(infra, f"q-{job_type}") == []
+    finally:
+        with Session(db_engine) as session:
+            pause = session.get(Pause, (kind, name))
+            assert pause is not None
+            session.delete(pause)
+            session.commit()
+
+
+def test_a_failed_group_statement_writes_each_submission_alone(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    _held_groups(client, monkeypatch, 5)
+    failed: list[int] = []
+
+    def broken(conn: Any, rows: list[Any]) -> list[Any]:
+        failed.append(len(rows))
+        raise DBAPIError("INSERT", {}, ValueError("a bad row"))
+
+    monkeypatch.setattr(grouped, "write_many", broken)
+    answers = _post_all(
+        client, [{"type": job_type, "payload": {"i": i}} for i in range(5)], headers
+    )
+    assert [a.status_code for a in answers] == [202] * 5
+    assert failed  # the group's statement was tried, then each went alone
+    ids = [a.json()["id"] for a in answers]
+    _written_and_sent_once(db_engine, infra, job_type, ids)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after-commit", "before-commit"])
+def test_a_group_whose_reply_was_lost_is_answered_once_written(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+    landed: bool,
+) -> None:
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    sizes = _held_groups(client, monkeypatch, 4)
+    lost = LostReply(hotpath._WRITE_MANY, landed=landed)
+    monkeypatch.setattr(hotpath, "_WRITE_MANY", lost)
+    answers = _post_all(client, [{"type": job_type}] * 4, headers)
+    assert [a.status_code for a in answers] == [202] * 4
+    assert max(sizes) > 1
+    # Found by their ids after the commit; written by a second run when never landed.
+    assert lost.runs == len(sizes) + (0 if landed else 1)
+    ids = [a.json()["id"] for a in answers]
+    _written_and_sent_once(db_engine, infra, job_type, ids)
+
+
+def test_jobs_the_broker_did_not_take_wait_for_the_reconciler(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker away: every job of the group is answered 202, committed, and
+    un-admitted (``published_at`` NULL), which is what the reconciler sends later."""
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    _held_groups(client, monkeypatch, 4)
+
+    def away(self: Any, messages: list[Any]) -> list[bool]:
+        raise pika.exceptions.AMQPConnectionError("broker away")
+
+    monkeypatch.setattr("errand_api.publisher.GroupPublisher._send", away)
+    answers = _post_all(client, [{"type": job_type}] * 4, headers)
+    assert [a.status_code for a in answers] == [202] * 4
+    rows = _rows(db_engine, [a.json()["id"] for a in answers])
+    assert {r[:2] for r in rows.values()} == {("queued", False)}
+    assert _queued_ids(infra, f"q-{job_type}") == []
+    assert "wait for the reconciler" in caplog.text
+
+
+def test_the_groups_threads_stop_with_the_api(
+    infra: Infra, db_engine: Engine, job_type: str
+) -> None:
+    """The groups' threads start with the first plain submission and stop at the end of
+    the API's lifespan (after answering what was handed to them)."""
+    settings = ApiSettings(
+        database_url=str(db_engine.url),
+        rabbitmq_url=infra.rabbitmq_url,
+        redis_url=infra.redis_url,
+        redis_prefix=f"{infra.redis_prefix}groups-stop:",
+        max_in_flight_per_user=0,
+    )
+    headers = _user(db_engine)
+    with _app(settings, db_engine) as app, TestClient(app) as test_client:
+        assert test_client.get("/v1/jobs", headers=headers).status_code == 200
+        answers = _post_all(test_client, [{"type": job_type}] * 3, headers)
+        groups = app.state.services.groups
+        threads = list(groups._threads)
+        test_client.portal.call(app.state.async_redis.aclose)
+    assert [a.status_code for a in answers] == [202] * 3
+    assert threads
+    assert not any(t.is_alive() for t in threads)
+    _queued_ids(infra, f"q-{job_type}")  # leave the queue empty for the others
+
+
+def test_closing_answers_the_submissions_already_handed_over(
+    client: TestClient, infra: Infra, db_engine: Engine, job_type: str
+) -> None:
+    """``close`` (the API's shutdown) lets the threads answer what is queued first."""
+    services = client.app.state.services  # type: ignore[attr-defined]
+    _, user_id = _user_and_id(db_engine)
+    principal = Principal(uuid.UUID(user_id), "closing", "user")
+    limits = CallerLimits(uuid.UUID(user_id), None, None)
+    groups = SubmissionGroups(services, threads=1)
+
+    async def submit_then_close() -> list[Any]:
+        body = JobCreate(type=job_type)
+        tasks = [asyncio.ensure_future(groups.submit(principal, limits, body)) for _ in range(3)]
+        await asyncio.sleep(0)  # let the tasks hand their submissions over
+        await asyncio.to_thread(groups.close)
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(submit_then_close())
+    assert [a.status_code for a in answers] == [202] * 3
+    assert not any(t.is_alive() for t in groups._threads)
+    ids = [json.loads(a.body)["id"] for a in answers]
+    assert _count(db_engine, "SELECT count(*) FROM jobs WHERE id = ANY(:ids)", ids=ids) == 3
+    assert sorted(_queued_ids(infra, f"q-{job_type}")) == sorted(ids)
+
+
+def test_each_submission_runs_in_its_requests_context(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group's thread builds each job in the context of the request that sent it (its
+    log context here; the trace context is a context variable the same way), so log
+    lines and spans of a submission name their own request."""
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    sizes = _held_groups(client, monkeypatch, 6)
+    seen: dict[str, str] = {}
+    real = grouped.create_job
+
+    def spy(session: Any, catalog: Any, principal: Any, body: JobCreate, rules: Any) -> Any:
+        context = log_context.get() or {}
+        seen[body.labels["n"]] = context.get("request_id", "")
+        return real(session, catalog, principal, body, rules)
+
+    monkeypatch.setattr(grouped, "create_job", spy)
+    bodies = [{"type": job_type, "labels": {"n": str(i)}} for i in range(6)]
+    answers = _post_all(client, bodies, headers)
+    assert [a.status_code for a in answers] == [202] * 6
+    assert max(sizes) > 1
+    expected = {
+        b["labels"]["n"]: a.headers["X-Request-ID"] for a, b in zip(answers, bodies, strict=True)
+    }
+    assert seen == expected
+    _queued_ids(infra, f"q-{job_type}")  # leave the queue empty for the others

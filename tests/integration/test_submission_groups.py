@@ -76,6 +76,8 @@ def _app(settings: ApiSettings, db_engine: Engine) -> Iterator[Any]:
         yield app
     finally:
         redis.close()
+        # The request threads' connections of the broker (the route's publishes).
+        app.state.services.broker.close()
 
 
 def _user(db_engine: Engine, **limits: Any) -> dict[str, str]:
@@ -279,7 +281,11 @@ def test_a_failed_group_statement_writes_each_submission_alone(
     _held_groups(client, monkeypatch, 5)
     failed: list[int] = []
 
+    real = grouped.write_many
+
     def broken(conn: Any, rows: list[Any]) -> list[Any]:
+        if len(rows) == 1:
+            return real(conn, rows)
         failed.append(len(rows))
         raise DBAPIError("INSERT", {}, ValueError("a bad row"))
 
@@ -406,14 +412,14 @@ def test_each_submission_runs_in_its_requests_context(
     assert client.get("/v1/jobs", headers=headers).status_code == 200
     sizes = _held_groups(client, monkeypatch, 6)
     seen: dict[str, str] = {}
-    real = grouped.create_job
+    real = grouped.build_plain
 
-    def spy(session: Any, catalog: Any, principal: Any, body: JobCreate, rules: Any) -> Any:
+    def spy(session: Any, catalog: Any, principal: Any, body: JobCreate, *rest: Any) -> Any:
         context = log_context.get() or {}
         seen[body.labels["n"]] = context.get("request_id", "")
-        return real(session, catalog, principal, body, rules)
+        return real(session, catalog, principal, body, *rest)
 
-    monkeypatch.setattr(grouped, "create_job", spy)
+    monkeypatch.setattr(grouped, "build_plain", spy)
     bodies = [{"type": job_type, "labels": {"n": str(i)}} for i in range(6)]
     answers = _post_all(client, bodies, headers)
     assert [a.status_code for a in answers] == [202] * 6
@@ -423,3 +429,120 @@ def test_each_submission_runs_in_its_requests_context(
     }
     assert seen == expected
     _queued_ids(infra, f"q-{job_type}")  # leave the queue empty for the others
+
+
+def _full_rows(db_engine: Engine, job_id: str) -> dict[str, Any]:
+    """Every column of the job, its steps and its events, but what differs between two
+    jobs by nature (ids, times, the trace)."""
+    own = {"id", "job_id", "created_at", "updated_at", "published_at", "at", "trace_id"}
+    out: dict[str, Any] = {}
+    with db_engine.connect() as conn:
+        for table, order in (("jobs", "id"), ("job_steps", "index"), ("job_events", "seq")):
+            column = "id" if table == "jobs" else "job_id"
+            found = conn.execute(
+                text(f"SELECT * FROM {table} WHERE {column} = :i ORDER BY {order}"),
+                {"i": job_id},
+            ).mappings()
+            out[table] = [{k: v for k, v in r.items() if k not in own} for r in found]
+        # JSON columns: SQL NULL and JSON null read alike, so say which one it is.
+        out["sql_nulls"] = tuple(
+            conn.execute(
+                text(
+                    "SELECT result IS NULL, error IS NULL, retry IS NULL, trace_context IS NULL,"
+                    " labels IS NULL, payload IS NULL FROM jobs WHERE id = :i"
+                ),
+                {"i": job_id},
+            ).one()
+        )
+        out["step_nulls"] = [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT output IS NULL, error IS NULL FROM job_steps WHERE job_id = :i"),
+                {"i": job_id},
+            )
+        ]
+        out["event_nulls"] = [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT data IS NULL, message IS NULL FROM job_events WHERE job_id = :i"),
+                {"i": job_id},
+            )
+        ]
+    return out
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {
+            "payload": {"n": 1, "nested": {"a": [1, 2]}},
+            "priority": "high",
+            "labels": {"team": "x"},
+            "max_attempts": 7,
+            "retry": {"strategy": "fixed", "base_s": 2},
+            "timeout_s": 12.5,
+            "callback_url": "https://hooks.example.com/errand",
+        },
+    ],
+    ids=["bare", "every-field"],
+)
+def test_a_grouped_job_is_written_as_the_route_writes_it(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+    body: dict[str, Any],
+) -> None:
+    """The group builds a plain job without ORM rows: every column of its job, steps
+    and event is what the route's own path (the ORM's objects) writes, and both answer
+    the same view."""
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    built: list[bool] = []
+    real = grouped.build_plain
+
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        built.append(out is not None)
+        return out
+
+    monkeypatch.setattr(grouped, "build_plain", spy)
+    grouped_answer = client.post("/v1/jobs", json={"type": job_type, **body}, headers=headers)
+    assert grouped_answer.status_code == 202, grouped_answer.text
+    assert built == [True]  # built without ORM rows, in a group
+    monkeypatch.setattr("errand_api.fastpath.groupable", lambda *_: False)
+    route_answer = client.post("/v1/jobs", json={"type": job_type, **body}, headers=headers)
+    assert built == [True]  # the route's own path
+    assert (grouped_answer.status_code, route_answer.status_code) == (202, 202)
+    own = {"id", "created_at", "trace_id"}
+    views = [
+        {k: v for k, v in a.json().items() if k not in own} for a in (grouped_answer, route_answer)
+    ]
+    assert views[0] == views[1]
+    ids = [a.json()["id"] for a in (grouped_answer, route_answer)]
+    assert _full_rows(db_engine, ids[0]) == _full_rows(db_engine, ids[1])
+    assert sorted(_queued_ids(infra, f"q-{job_type}")) == sorted(ids)
+
+
+def test_a_capped_callers_submissions_take_the_request_threads(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller with an in-flight cap is admitted by the route (a read and lock of
+    their jobs), on the request threads, several at once: never in a group. Two of
+    three are admitted, the third waits for a slot."""
+    headers = _user(db_engine, max_in_flight=2)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    grouped_calls: list[bool] = []
+    monkeypatch.setattr(grouped, "build_plain", lambda *a: grouped_calls.append(True))
+    answers = _post_all(client, [{"type": job_type}] * 3, headers)
+    assert [a.status_code for a in answers] == [202] * 3
+    assert grouped_calls == []
+    rows = _rows(db_engine, [a.json()["id"] for a in answers])
+    assert sorted(r[1] for r in rows.values()) == [False, True, True]
+    assert len(_queued_ids(infra, f"q-{job_type}")) == 2

@@ -86,7 +86,8 @@ class PlainSubmission:
         principal, limits = hit
         scope["route"] = self.route
         try:
-            if services.groups is not None and groupable(job):
+            cap = services.settings.max_in_flight_per_user
+            if services.groups is not None and groupable(job, limits, cap):
                 response = await services.groups.submit(principal, limits, job)
             else:
                 response = await run_in_threadpool(_submit, services, principal, limits, job)

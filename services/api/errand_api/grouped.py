@@ -7,19 +7,22 @@ round trip costs the process more than its Python: the thread hand-offs around i
 the per-call work of three clients. Measured by leaving them out one at a time
 (bench/HISTORY.md): the publish ~40% of the throughput, the token bucket ~24%.
 
-Here the event loop hands each plain submission (see :mod:`errand_api.fastpath`) to a
-few threads of their own. A thread takes every submission waiting (up to
-``ERRAND_SUBMIT_GROUP_MAX``) and runs them as one group, as PostgreSQL's group commit
-does for flushes:
+Here the event loop hands each plain submission (see :mod:`errand_api.fastpath`) of a
+caller with no in-flight cap to a thread of its own (or a few). A thread takes every
+submission waiting (up to ``ERRAND_SUBMIT_GROUP_MAX``) and runs them as one group, as
+PostgreSQL's group commit does for flushes:
 
 1. the token bucket for every one, in one pipeline (Redis runs the scripts in order,
    each atomically, as for one request after the other);
-2. each job validated and built by the same code as the route
-   (:func:`~errand_api.submission.create_job`), in the request's context (its trace,
-   its log context), on a session of its own;
+2. each job validated and built in the request's context (its trace, its log
+   context), on a session of its own: a plain one (a type that reuses no results, a
+   caller with no in-flight cap) as plain objects with the rows' values
+   (:func:`~errand_api.submission.build_plain`), any other by the route's own
+   :func:`~errand_api.submission.create_job`, then written, committed and published
+   alone, as the route does;
 3. every plain one written in one statement (:func:`~errand_api.hotpath.write_many`,
-   one transaction); anything else (a job deduplicated, reused, not admitted at once,
-   or the group's statement failing) goes through the route's own path, alone;
+   one transaction); if that statement fails, each is written alone by the same
+   statement, so one bad row fails alone;
 4. events, metrics, log line and answer as the route makes them
    (:func:`~errand_api.routes.jobs.finish_submission`);
 5. every message in one AMQP transaction (:class:`~errand_api.publisher.GroupPublisher`);
@@ -29,8 +32,11 @@ does for flushes:
 
 Each request is answered after its job is committed and its message taken by the
 broker, as before. What a group shares: one wait. A slow statement or broker delays
-every submission of its group, and a group's statement that fails is retried one
-submission at a time, so one bad row fails alone.
+every submission of its group (and, with one thread, the groups behind it).
+
+One thread by default (``ERRAND_SUBMIT_GROUP_THREADS``): with two, the groups were
+smaller and the process spent its GIL on more hand-offs (3 of 4 alternating pairs
+slower, bench/HISTORY.md).
 """
 
 import asyncio
@@ -50,11 +56,11 @@ from sqlmodel import Session, col
 
 from errand_api.admission import publish_admitted
 from errand_api.deps import Services
-from errand_api.hotpath import holds_connection, plain_rows, write_many, write_submission, written
+from errand_api.hotpath import holds_connection, write_many, write_submission
 from errand_api.publisher import GroupPublisher, Outgoing
 from errand_api.routes import jobs
 from errand_api.schemas import JobCreate
-from errand_api.submission import Created, create_job
+from errand_api.submission import Created, build_plain, create_job
 from errand_schema.auth import CALLER_KEY, CallerLimits, Principal
 from errand_schema.flow import admissible_at_once
 from errand_schema.messages import RunJobStep
@@ -79,7 +85,9 @@ class _Item:
     session: Session | None = None
     response: Response = field(default_factory=lambda: _sub_response())
     created: Created | None = None
-    pending: list[Any] | None = None
+    #: A plain submission's ``queued`` event row (:func:`build_plain`): it goes into
+    #: the group's statement. None: it goes alone.
+    event_row: Any = None
     admit: bool = False
     #: The answer, or what to raise in the request; None while under way.
     outcome: Response | BaseException | None = None
@@ -99,11 +107,18 @@ def _sub_response() -> Response:
     return sub
 
 
-def groupable(body: JobCreate) -> bool:
+def groupable(body: JobCreate, limits: CallerLimits, default_cap: int) -> bool:
     """Whether a submission may go to a group: none of what takes the route's other
-    paths at once (deduplication's lock, dependencies, a start time)."""
+    paths at once (deduplication's lock, dependencies, a start time, an in-flight cap
+    whose admission reads and locks the user's jobs: those run on the request threads,
+    several at once, as before)."""
+    cap = limits.max_in_flight if limits.max_in_flight is not None else default_cap
     return (
-        body.dedup is None and not body.depends_on and body.run_at is None and body.delay_s is None
+        cap <= 0
+        and body.dedup is None
+        and not body.depends_on
+        and body.run_at is None
+        and body.delay_s is None
     )
 
 
@@ -225,39 +240,41 @@ class _Group:
                 self._step(item, jobs.enforce, decision, item.response)
 
     def _create(self) -> None:
-        """Each job built as the route builds it; the plain ones kept for the group's
-        statement, the others finished alone."""
-        cap = self.services.settings.max_in_flight_per_user
+        """Each job built: a plain one without ORM rows, kept for the group's statement
+        (:func:`~errand_api.submission.build_plain`); any other as the route builds it
+        (:func:`~errand_api.submission.create_job`), finished alone."""
+        services = self.services
+        cap = services.settings.max_in_flight_per_user
         for item in self._live():
             session = item.session
             assert session is not None
-            created = self._step(
-                item,
-                create_job,
-                session,
-                self.services.catalog,
-                item.principal,
-                item.body,
-                self.services.rules,
-            )
+            args = (session, services.catalog, item.principal, item.body, services.rules)
+            built = self._step(item, build_plain, *args, cap)
             if item.outcome is not None:
                 continue
-            item.created = created
-            item.pending = plain_rows(session, created) if created.new else None
+            if built is not None:
+                # Its building may have read the database (a type's first use in a
+                # while): hand that connection back now, as a group's sessions all
+                # holding one could exhaust the pool (the reads wrote nothing).
+                if holds_connection(session):
+                    session.commit()
+                item.created, item.event_row = built.created, built.event_row
+                continue
+            item.created = self._step(item, create_job, *args)
+            if item.outcome is not None:
+                continue
+            created = item.created
+            assert created is not None
             item.admit = created.new and admissible_at_once(session, created.job, cap)
-            # A job that is not plain goes alone; so does one whose building read the
-            # database (a type's first use in a while): its session holds a connection,
-            # and a group's sessions all holding one could exhaust the pool.
-            if item.pending is None or not item.admit or holds_connection(session):
-                self._alone(item)
+            self._alone(item)
 
     def _write(self) -> None:
         """The plain submissions' rows in one statement, then each one committed and
         answered (its messages kept for the group's publish)."""
-        plain = [item for item in self._live() if item.pending is not None]
+        plain = [item for item in self._live() if item.event_row is not None]
         if not plain:
             return
-        rows = [(item.created, item.pending, item.admit) for item in plain]
+        rows = [(item.created, item.event_row, True) for item in plain]
         try:
             with self.services.engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT"
@@ -270,19 +287,25 @@ class _Group:
                 exc_info=True,
             )
             for item in plain:
-                item.pending = None
-                self._alone(item)
+                self._step(item, self._write_alone, item)
             return
         for item, at in zip(plain, published, strict=True):
             self._step(item, self._finish, item, at)
+
+    def _write_alone(self, item: _Item) -> None:
+        """A plain submission of a group whose statement failed: in a statement of its
+        own (the same one, one row)."""
+        assert item.created is not None
+        with self.services.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            (published_at,) = write_many(conn, [(item.created, item.event_row, True)])
+        self._finish(item, published_at)
 
     def _finish(self, item: _Item, published_at: Any) -> None:
         session, created = item.session, item.created
         assert session is not None
         assert created is not None
-        assert item.pending is not None
-        admitted = written(session, created, item.pending, published_at)
-        messages = jobs.commit_submission(self.services, session, created, admitted)
+        created.job.published_at = published_at
+        messages = jobs.commit_submission(self.services, session, created, published_at is not None)
         item.outcome = jobs.finish_submission(
             self.services, session, created, item.response, messages, item.admitted.extend
         )

@@ -144,10 +144,12 @@ _WRITE_MANY = Precompiled(
 )
 
 
-def write_many(conn: Connection, rows: list[tuple[Created, list[Any], bool]]) -> list[Any]:
-    """Write several plain submissions (``(created, plain_rows, admit)`` each) in one
-    statement on ``conn`` (in autocommit: the statement is its transaction); return the
-    ``published_at`` of each, in order (None: not admitted as written).
+def write_many(conn: Connection, rows: list[tuple[Created, Any, bool]]) -> list[Any]:
+    """Write several plain submissions in one statement on ``conn`` (in autocommit: the
+    statement is its transaction): ``(created, event_row, admit)`` each, the event's
+    row being the ``queued`` event of ``created`` (any object with the ``job_events``
+    columns as attributes, as :func:`~errand_api.submission.build_plain` makes).
+    Return the ``published_at`` of each, in order (None: not admitted as written).
 
     One round trip and one commit for the group instead of one each. A connection lost
     before the reply is handled as :func:`write_submission` does (the group's rows are
@@ -155,14 +157,14 @@ def write_many(conn: Connection, rows: list[tuple[Created, list[Any], bool]]) ->
     statement, and nothing of it is written.
     """
     jobs, steps, events = [], [], []
-    for created, pending, admit in rows:
+    for created, event_row, admit in rows:
         job = created.job
         jobs.append(_fields(job, _JOBS.c) | {"_admit": admit})
         steps += [
             {"job_id": str(job.id), "index": s.index, "name": s.name, "timeout_s": s.timeout_s}
             for s in created.steps
         ]
-        events += [_fields(o, _EVENT_COLUMNS) for o in pending if isinstance(o, JobEvent)]
+        events.append(_fields(event_row, _EVENT_COLUMNS))
     params = {
         "jobs": json.dumps(jobs, separators=(",", ":")),
         "now": utcnow(),

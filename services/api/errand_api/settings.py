@@ -29,7 +29,7 @@ class ApiSettings(CommonSettings):
     #: errand_api.grouped); 0 handles each on its own. PostgreSQL and RabbitMQ only.
     submit_group_max: int = Field(default=64, ge=0)
     #: Threads that run the groups (one group each at a time).
-    submit_group_threads: int = Field(default=2, ge=1)
+    submit_group_threads: int = Field(default=1, ge=1)
     #: Seconds an API key authenticated by this process is answered from memory (0:
     #: read the database on every request). A revocation through the API is refused at
     #: once anyway (see errand_api.authcache); other changes to a user show within it.

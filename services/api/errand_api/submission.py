@@ -4,6 +4,8 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlmodel import Session, col, select
 
@@ -14,12 +16,13 @@ from errand_api.schemas import JobCreate
 from errand_schema import flow
 from errand_schema.auth import Principal
 from errand_schema.events import JobEventMessage
-from errand_schema.models import Job, JobDependency, JobStep, JobType, utcnow
+from errand_schema.flow import user_cap
+from errand_schema.models import Job, JobDependency, JobEvent, JobStep, JobType, utcnow
 from errand_schema.netpolicy import UrlRefused, check_url
 from errand_schema.queues import Priority
-from errand_schema.states import UNFINISHED_STATUSES, JobStatus
+from errand_schema.states import UNFINISHED_STATUSES, JobStatus, StepStatus, check_transition
 from errand_schema.telemetry import current_trace_id, inject_context
-from errand_schema.transition import transition_job
+from errand_schema.transition import DEFAULT_EVENT_TYPE, transition_job
 
 
 @dataclass(frozen=True)
@@ -121,28 +124,7 @@ def create_job(
     # the order of creation is the order it serialised), but given to the constructor:
     # pydantic inspects a factory's signature on every call (40 of its ~190 us).
     made = utcnow()
-    job = Job(
-        id=uuid.uuid4(),
-        created_at=made,
-        updated_at=made,
-        type=body.type,
-        owner_id=principal.user_id,
-        status="",
-        priority=body.priority or Priority(job_type.priority),
-        queue=job_type.queue,
-        payload=body.payload,
-        max_attempts=body.max_attempts or job_type.max_attempts,
-        retry=body.retry.model_dump() if body.retry else None,
-        timeout_s=body.timeout_s,
-        callback_url=body.callback_url,
-        trace_id=current_trace_id(),
-        trace_context=inject_context() or None,
-        dedup_key=body.dedup.key if body.dedup else None,
-        workflow_id=workflow_id,
-        workflow_ref=ref,
-        labels=dict(body.labels) or None,
-        payload_hash=payload_digest(body.payload) if job_type.reuse_result_s else None,
-    )
+    job = Job(**_job_fields(body, principal, job_type, made, workflow_id=workflow_id, ref=ref))
     steps = [
         JobStep(job_id=job.id, index=i, name=str(s["name"]), timeout_s=s.get("timeout_s"))
         for i, s in enumerate(job_type.steps)
@@ -187,6 +169,141 @@ def create_job(
         _reuse(session, job_type, job, steps, body, now)
     session.add_all(steps)
     return Created(job, steps, event)
+
+
+def _job_fields(
+    body: JobCreate,
+    principal: Principal,
+    job_type: JobType,
+    made: datetime,
+    *,
+    workflow_id: uuid.UUID | None = None,
+    ref: str | None = None,
+) -> dict[str, Any]:
+    """The columns a submission sets on its new job (the model's defaults do the rest)."""
+    return {
+        "id": uuid.uuid4(),
+        "created_at": made,
+        "updated_at": made,
+        "type": body.type,
+        "owner_id": principal.user_id,
+        "status": "",
+        "priority": body.priority or Priority(job_type.priority),
+        "queue": job_type.queue,
+        "payload": body.payload,
+        "max_attempts": body.max_attempts or job_type.max_attempts,
+        "retry": body.retry.model_dump() if body.retry else None,
+        "timeout_s": body.timeout_s,
+        "callback_url": body.callback_url,
+        "trace_id": current_trace_id(),
+        "trace_context": inject_context() or None,
+        "dedup_key": body.dedup.key if body.dedup else None,
+        "workflow_id": workflow_id,
+        "workflow_ref": ref,
+        "labels": dict(body.labels) or None,
+        "payload_hash": payload_digest(body.payload) if job_type.reuse_result_s else None,
+    }
+
+
+@dataclass(frozen=True)
+class PlainBuilt:
+    """A plain submission built without ORM rows (:func:`build_plain`)."""
+
+    created: Created
+    #: The ``queued`` event's row (the ``job_events`` columns as attributes).
+    event_row: Any
+
+
+def build_plain(
+    session: Session,
+    catalog: Catalog,
+    principal: Principal,
+    body: JobCreate,
+    rules: SubmissionRules,
+    default_cap: int,
+) -> PlainBuilt | None:
+    """The job, steps and ``queued`` event :func:`create_job` would make for a plain
+    submission, as plain objects with the same attributes, for a statement to write
+    (:func:`errand_api.hotpath.write_many`); None when it is not plain.
+
+    Building the ORM rows, adding them to the session and taking them out again was a
+    quarter of the API's Python per grouped submission (bench/HISTORY.md). Plain: no
+    deduplication, dependencies or start time (the caller checks:
+    :func:`errand_api.grouped.groupable`), a type that reuses no results, and a caller
+    with no in-flight cap, so the job is queued and admitted at once. The values are
+    :func:`create_job`'s own (:func:`_job_fields`, the model's column defaults, and
+    the event :func:`~errand_schema.transition.transition_job` writes for the move to
+    ``queued``); ``tests/integration/test_submission_groups.py`` compares the rows of
+    both.
+
+    Raises:
+        Forbidden: As :func:`create_job`.
+        InvalidJob: As :func:`create_job`.
+    """
+    check_roles(session, catalog, principal, body.type)
+    errors = check_job(session, catalog, body, rules)
+    if errors:
+        raise InvalidJob(f"The job does not match the rules of {body.type!r}.", errors)
+    found = catalog.get(session, body.type)
+    assert found is not None
+    job_type, _ = found
+    if job_type.reuse_result_s is not None or user_cap(session, principal.user_id, default_cap) > 0:
+        return None
+    check_transition(None, JobStatus.QUEUED)
+    made = utcnow()
+    values = _job_defaults() | _job_fields(body, principal, job_type, made)
+    job = SimpleNamespace(**values)
+    steps = [
+        SimpleNamespace(
+            job_id=job.id,
+            index=i,
+            name=str(s["name"]),
+            timeout_s=s.get("timeout_s"),
+            status=StepStatus.PENDING.value,
+            progress=0,
+            attempts=0,
+            output=None,
+            error=None,
+            started_at=None,
+            finished_at=None,
+        )
+        for i, s in enumerate(job_type.steps)
+    ]
+    if steps:
+        job.step = steps[0].name
+    at = utcnow()
+    job.status = JobStatus.QUEUED
+    job.seq += 1
+    job.updated_at = at
+    event = SimpleNamespace(
+        job_id=job.id,
+        seq=job.seq,
+        type=DEFAULT_EVENT_TYPE[JobStatus.QUEUED],
+        status=job.status,
+        from_status=None,
+        progress=job.progress,
+        step=job.step,
+        message=None,
+        data=None,
+        actor=f"user:{principal.user_id}",
+        at=at,
+    )
+    # Attribute-compatible with the rows: what reads a job or a step reads these.
+    created = Created(
+        cast(Job, job),
+        cast(list[JobStep], steps),
+        JobEventMessage.from_row(cast(JobEvent, event), principal.user_id),
+    )
+    return PlainBuilt(created, event)
+
+
+def _job_defaults() -> dict[str, Any]:
+    """The model's default of every ``jobs`` column (factories called)."""
+    out: dict[str, Any] = {}
+    for column in Job.__table__.c:  # type: ignore[attr-defined]
+        field = Job.model_fields.get(column.name)
+        out[column.name] = None if field is None else field.get_default(call_default_factory=True)
+    return out
 
 
 def check_roles(session: Session, catalog: Catalog, principal: Principal, job_type: str) -> None:

@@ -62,6 +62,7 @@ from errand_api.routes import jobs
 from errand_api.schemas import JobCreate
 from errand_api.submission import Created, build_plain, create_job
 from errand_schema.auth import CALLER_KEY, CallerLimits, Principal
+from errand_schema.events import JobEventMessage
 from errand_schema.flow import admissible_at_once
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job
@@ -93,6 +94,8 @@ class _Item:
     outcome: Response | BaseException | None = None
     #: Messages to send with the group's, once ``outcome`` is set.
     admitted: Admitted = field(default_factory=list)
+    #: Its events, appended to the stream with the group's, before the messages.
+    events: list[JobEventMessage] = field(default_factory=list)
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the request's context (trace, log context)."""
@@ -307,7 +310,13 @@ class _Group:
         created.job.published_at = published_at
         messages = jobs.commit_submission(self.services, session, created, published_at is not None)
         item.outcome = jobs.finish_submission(
-            self.services, session, created, item.response, messages, item.admitted.extend
+            self.services,
+            session,
+            created,
+            item.response,
+            messages,
+            item.admitted.extend,
+            item.events.extend,
         )
 
     def _alone(self, item: _Item) -> None:
@@ -331,8 +340,12 @@ class _Group:
         )
 
     def _publish(self) -> None:
-        """Every admitted message of the group in one transaction; the jobs of those the
-        broker did not take are un-admitted (the reconciler sends them later)."""
+        """Every event of the group appended to the stream at once, then every admitted
+        message in one transaction; the jobs of those the broker did not take are
+        un-admitted (the reconciler sends them later)."""
+        self.services.events.publish(
+            [e for item in self.items if isinstance(item.outcome, Response) for e in item.events]
+        )
         outgoing: list[Outgoing] = []
         owners: list[_Item] = []
         for item in self.items:

@@ -1,5 +1,6 @@
 """Accepting a job: validate against its type, write the row and its first event."""
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -298,12 +299,25 @@ def build_plain(
 
 
 def _job_defaults() -> dict[str, Any]:
-    """The model's default of every ``jobs`` column (factories called)."""
-    out: dict[str, Any] = {}
+    """The model's default of every ``jobs`` column (factories called each time)."""
+    static, factories = _read_job_defaults()
+    return static | {name: factory() for name, factory in factories}
+
+
+@functools.cache
+def _read_job_defaults() -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The model's static column defaults (none of them mutable: a job's are numbers,
+    text or None), and its default factories, read once."""
+    static: dict[str, Any] = {}
+    factories = []
     for column in Job.__table__.c:  # type: ignore[attr-defined]
         field = Job.model_fields.get(column.name)
-        out[column.name] = None if field is None else field.get_default(call_default_factory=True)
-    return out
+        if field is not None and field.default_factory is not None:
+            factories.append((column.name, field.default_factory))
+        else:
+            static[column.name] = None if field is None else field.get_default()
+    assert not any(isinstance(v, dict | list | set) for v in static.values())
+    return static, factories
 
 
 def check_roles(session: Session, catalog: Catalog, principal: Principal, job_type: str) -> None:

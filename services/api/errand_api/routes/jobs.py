@@ -22,6 +22,7 @@ from errand_api.schemas import JobBatchCreate, JobCreate, JobsPublic
 from errand_api.search import Sort, job_filters, list_jobs, parse_labels
 from errand_api.submission import Created, check_job, create_job
 from errand_schema.auth import Principal, user_limits
+from errand_schema.events import JobEventMessage
 from errand_schema.flow import admissible_at_once, admit_new, message_for, user_cap
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job
@@ -133,7 +134,8 @@ def commit_submission(
         admitted = [message_for(job)]
     else:
         admitted = admit(services, session, job.owner_id) if created.new else []
-    session.commit()
+    if session.in_transaction():  # else nothing to commit (a grouped job's empty session)
+        session.commit()
     return admitted
 
 
@@ -144,10 +146,12 @@ def finish_submission(
     response: Response,
     admitted: list[tuple[RunJobStep, str, str]],
     publish: Callable[[list[tuple[RunJobStep, str, str]]], object],
+    emit: Callable[[list[JobEventMessage]], object] | None = None,
 ) -> Response:
-    """The committed submission's events, messages (handed to ``publish``: sent now,
-    or by :mod:`errand_api.grouped` with the other submissions of its group), metrics,
-    log line and answer."""
+    """The committed submission's events (handed to ``emit``, by default appended to
+    the stream now), messages (handed to ``publish``: sent now, or by
+    :mod:`errand_api.grouped` with the other submissions of its group, after their
+    events), metrics, log line and answer."""
     job = created.job
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created.new:
@@ -156,7 +160,7 @@ def finish_submission(
         response.headers["Errand-Deduplicated"] = "true"
         settle(services, session)
         return as_json(job_public(job, created.steps), response, status.HTTP_202_ACCEPTED)
-    services.events.publish([created.event] if created.event else [])
+    (emit or services.events.publish)([created.event] if created.event else [])
     publish(admitted)
     settle(services, session)
     metrics.JOBS_SUBMITTED.labels(job.type, job.queue).inc()
@@ -165,7 +169,8 @@ def finish_submission(
     # Hand the connection back now: FastAPI closes the session in the dependency's
     # teardown, which runs one request at a time (a broker outage queued requests there
     # until the pool ran dry and un-admissions failed).
-    session.commit()
+    if session.in_transaction():  # else nothing holds a connection
+        session.commit()
     return as_json(view, response, status.HTTP_202_ACCEPTED)
 
 

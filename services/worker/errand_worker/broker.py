@@ -28,6 +28,7 @@ from errand_worker.jobtypes import builtin_job_types
 from errand_worker.jobtypes.email_send import SmtpConfig
 from errand_worker.lease import LeaseKeeper
 from errand_worker.metrics import serve_metrics
+from errand_worker.middleware.gc_freeze import FreezeAfterBoot
 from errand_worker.middleware.graceful_shutdown import GracefulShutdown
 from errand_worker.middleware.trace_context import TraceContext
 from errand_worker.reconciler import Reconciler
@@ -247,6 +248,7 @@ def setup_worker(
             on_stopped=events.close,
         )
     )
+    broker.add_middleware(FreezeAfterBoot())
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
 

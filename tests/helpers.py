@@ -252,4 +252,5 @@ class LostReply:
             return getattr(self.real, method)(conn, params)
         if self.landed:
             getattr(self.real, method)(conn, params)
+        conn.invalidate()  # as SQLAlchemy does when the connection dies
         raise DBAPIError("INSERT", {}, ConnectionError("reply lost"), connection_invalidated=True)

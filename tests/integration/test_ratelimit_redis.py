@@ -133,3 +133,32 @@ def test_a_revocation_asks_redis_once_the_breakers_window_ends(redis_prefix: str
         assert client.get(epoch_key(redis_prefix)) == b"1"
     finally:
         client.close()
+
+
+def test_many_takes_in_one_round_trip_are_taken_in_order(redis_prefix: str) -> None:
+    """``take_many`` (a group of submissions): each user's takes in the order given, as
+    one after the other, in one pipeline; a script Redis does not know (restarted,
+    flushed) is loaded once and the takes run then."""
+    client = redis.Redis.from_url(REDIS_URL)
+    bucket = TokenBucket(client, redis_prefix)
+    bucket._script.sha = "0" * 40  # a digest Redis has never seen
+    try:
+        takes = [("a", 0.0001, 3, 1)] * 5 + [("b", 0.0001, 3, 2)] * 2
+        decisions = bucket.take_many(takes)
+        assert [d.allowed for d in decisions] == [True] * 3 + [False] * 2 + [True, False]  # type: ignore[union-attr]
+        assert [d.remaining for d in decisions[:3]] == [2, 1, 0]  # type: ignore[union-attr]
+        assert bucket._script.sha != "0" * 40
+        assert bucket.take_many([("a", 0.0001, 3, 1)])[0].allowed is False  # type: ignore[union-attr]
+    finally:
+        client.close()
+
+
+def test_many_takes_while_redis_is_away_are_each_let_through_or_refused() -> None:
+    client = redis.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
+    try:
+        open_decisions = TokenBucket(client, "x:").take_many([("a", 1, 3, 1), ("b", 1, 3, 2)])
+        assert [d.allowed and not d.checked for d in open_decisions] == [True, True]  # type: ignore[union-attr]
+        closed = TokenBucket(client, "x:", fail_open=False).take_many([("a", 1, 3, 1)])
+        assert isinstance(closed[0], RateLimitUnavailable)
+    finally:
+        client.close()

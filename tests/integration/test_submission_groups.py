@@ -23,11 +23,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from errand_api import grouped, hotpath
+from errand_api.errors import ShuttingDown
 from errand_api.grouped import SubmissionGroups
 from errand_api.main import create_app
+from errand_api.publisher import GroupPublisher
 from errand_api.schemas import JobCreate
 from errand_api.settings import ApiSettings
-from errand_schema.auth import CallerLimits, Principal, create_user
+from errand_schema.auth import CallerLimits, Principal, authenticate, create_user
 from errand_schema.events import STREAM_FIELD, stream_key
 from errand_schema.logging import log_context
 from errand_schema.models import JobType, Pause
@@ -41,8 +43,11 @@ STEPS = [{"name": "fetch", "timeout_s": 7.5}, {"name": "render"}]
 N = 12
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def job_type(db_engine: Engine) -> str:
+    """A type of its own per test, on a queue of its own: what one test leaves behind
+    (a job a reconciler of another test's workers sends later) never reaches another's
+    queue."""
     name = f"grp.{uuid.uuid4().hex[:8]}"
     with Session(db_engine) as session:
         session.add(JobType(name=name, queue=f"q-{name}", steps=STEPS, max_attempts=4))
@@ -98,7 +103,7 @@ def _user_and_id(db_engine: Engine, **limits: Any) -> tuple[dict[str, str], str]
 
 
 def _held_groups(client: TestClient, monkeypatch: pytest.MonkeyPatch, size: int) -> list[int]:
-    """Make the first group wait (up to 10 s) until ``size`` submissions are in it or
+    """Make the first group wait (up to 60 s) until ``size`` submissions are in it or
     queued behind it, so the second group holds all the rest; return the sizes of the
     groups' statements as they run."""
     groups: SubmissionGroups = client.app.state.services.groups  # type: ignore[attr-defined]
@@ -112,7 +117,7 @@ def _held_groups(client: TestClient, monkeypatch: pytest.MonkeyPatch, size: int)
             first.set()
             wait_for(
                 lambda: len(self.items) + groups._queue.qsize() >= size,
-                10,
+                60,
                 0.01,
                 what=f"{size} submissions handed to the groups",
             )
@@ -140,6 +145,12 @@ def _queued_ids(infra: Infra, queue: str) -> list[str]:
     connection = pika.BlockingConnection(params)
     try:
         channel = connection.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            return []  # never declared: nothing was ever sent to it
         ids = []
         while True:
             method, _props, body = channel.basic_get(queue, auto_ack=True)
@@ -175,6 +186,15 @@ def _written_and_sent_once(db_engine: Engine, infra: Infra, job_type: str, ids: 
     rows = _rows(db_engine, ids)
     assert all(r == ("queued", True, ["fetch", "render"], ["queued"]) for r in rows.values())
     assert sorted(_queued_ids(infra, f"q-{job_type}")) == sorted(ids)
+
+
+def _owner(db_engine: Engine, headers: dict[str, str]) -> str:
+    """The id of the user whose key ``headers`` carry."""
+    key = headers["Authorization"].removeprefix("Bearer ")
+    with Session(db_engine) as session:
+        principal = authenticate(session, key)
+        assert principal is not None
+        return str(principal.user_id)
 
 
 def _count(db_engine: Engine, sql: str, **params: Any) -> int:
@@ -232,7 +252,9 @@ def test_refused_tokens_and_invalid_jobs_fail_alone(
     for h in (limited, other):
         assert client.get("/v1/jobs", headers=h).status_code == 200
     sizes = _held_groups(client, monkeypatch, 8)
-    before = _count(db_engine, "SELECT count(*) FROM jobs")
+    other_id = _owner(db_engine, other)
+    mine = "SELECT count(*) FROM jobs WHERE owner_id IN (:a, :b)"
+    before = _count(db_engine, mine, a=limited_id, b=other_id)
     # The bucket holds 100 tokens (the default burst): spend 96 of them first.
     limiter = client.app.state.services.limiter  # type: ignore[attr-defined]
     assert limiter.take(limited_id, 0.001, 100, 96).allowed
@@ -247,7 +269,7 @@ def test_refused_tokens_and_invalid_jobs_fail_alone(
     assert bad.result().status_code == 422
     assert good.result().status_code == 202
     assert max(sizes) > 1
-    assert _count(db_engine, "SELECT count(*) FROM jobs") == before + 5
+    assert _count(db_engine, mine, a=limited_id, b=other_id) == before + 5
     assert len(_queued_ids(infra, f"q-{job_type}")) == 5
 
 
@@ -562,10 +584,110 @@ def test_a_capped_callers_submissions_take_the_request_threads(
 
 
 def test_the_started_api_keeps_its_own_objects_out_of_the_collectors_sight(
-    client: TestClient,
+    infra: Infra, db_engine: Engine
 ) -> None:
     """After startup the API freezes what it built (``gc.freeze``): the collector's full
     passes under load then walk only what requests made (their pauses were the POSTs'
     p99, bench/HISTORY.md)."""
-    assert client.get("/healthz").status_code == 200
-    assert gc.get_freeze_count() > 10_000
+    settings = ApiSettings(
+        database_url=str(db_engine.url),
+        rabbitmq_url=infra.rabbitmq_url,
+        redis_url=infra.redis_url,
+        redis_prefix=f"{infra.redis_prefix}groups-gc:",
+    )
+    gc.unfreeze()
+    with _app(settings, db_engine) as app:
+        assert gc.get_freeze_count() == 0
+        with TestClient(app) as test_client:
+            assert gc.get_freeze_count() > 10_000  # the app's objects, once started
+            test_client.portal.call(app.state.async_redis.aclose)
+    gc.unfreeze()
+
+
+def test_a_submission_after_the_groups_closed_is_refused_503(
+    client: TestClient, db_engine: Engine, job_type: str
+) -> None:
+    services = client.app.state.services  # type: ignore[attr-defined]
+    _, user_id = _user_and_id(db_engine)
+    groups = SubmissionGroups(services, threads=1)
+    groups.close()
+    principal = Principal(uuid.UUID(user_id), "late", "user")
+    limits = CallerLimits(uuid.UUID(user_id), None, None)
+    with pytest.raises(ShuttingDown):
+        asyncio.run(groups.submit(principal, limits, JobCreate(type=job_type)))
+
+
+class _Crash(BaseException):
+    """What no ``except Exception`` catches: it ends the group's thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_group_that_ends_its_thread_is_answered_and_the_thread_replaced(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    crashed: list[bool] = []
+    real = grouped._Group._tokens
+
+    def crash_once(self: Any) -> None:
+        if not crashed:
+            crashed.append(True)
+            raise _Crash
+        real(self)
+
+    monkeypatch.setattr(grouped._Group, "_tokens", crash_once)
+    # The ending thread is held in its cleanup until a second submission is queued
+    # (it finds that thread still alive, so starts no other).
+    release = threading.Event()
+    real_close = GroupPublisher.close
+
+    def held_close(self: GroupPublisher) -> None:
+        if crashed and not release.is_set():
+            release.wait(60)
+        real_close(self)
+
+    monkeypatch.setattr(GroupPublisher, "close", held_close)
+    groups: SubmissionGroups = client.app.state.services.groups  # type: ignore[attr-defined]
+    # Answered (a server error, raised here by the test client), not left waiting.
+    with pytest.raises(RuntimeError, match="not handled"):
+        client.post("/v1/jobs", json={"type": job_type}, headers=headers)
+    with ThreadPoolExecutor(1) as pool:
+        then = pool.submit(client.post, "/v1/jobs", json={"type": job_type}, headers=headers)
+        wait_for(lambda: groups._queue.qsize() == 1, 30, 0.01, what="the second submission")
+        release.set()
+        answer = then.result(timeout=60)
+    assert answer.status_code == 202, answer.text  # by the thread that took its place
+    assert _queued_ids(infra, f"q-{job_type}") == [answer.json()["id"]]
+
+
+def test_a_message_the_broker_returns_unadmits_its_job(
+    client: TestClient,
+    infra: Infra,
+    db_engine: Engine,
+    job_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A queue deleted behind the API's back: the message comes back as unroutable, its
+    job waits for the reconciler (``published_at`` NULL), and the next submission
+    declares the queue again."""
+    headers = _user(db_engine)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    queue = f"q-{job_type}"
+    assert client.post("/v1/jobs", json={"type": job_type}, headers=headers).status_code == 202
+    connection = pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url))
+    try:
+        connection.channel().queue_delete(queue)
+    finally:
+        connection.close()
+    returned = client.post("/v1/jobs", json={"type": job_type}, headers=headers)
+    assert returned.status_code == 202
+    rows = _rows(db_engine, [returned.json()["id"]])
+    assert {r[:2] for r in rows.values()} == {("queued", False)}
+    again = client.post("/v1/jobs", json={"type": job_type}, headers=headers)
+    assert again.status_code == 202
+    assert _queued_ids(infra, queue) == [again.json()["id"]]

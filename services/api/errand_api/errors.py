@@ -126,6 +126,15 @@ class BrokerUnavailable(ApiError):
     title = "Broker unavailable"
 
 
+class ShuttingDown(_WithHeaders):
+    """The API process is stopping and takes no more submissions; another replica (or
+    this one, restarted) will (``Retry-After``)."""
+
+    status_code = 503
+    code = "shutting_down"
+    title = "Shutting down"
+
+
 class RateLimitUnavailable(_WithHeaders):
     """The rate limit cannot be checked (Redis unreachable) and the API is set to refuse
     submissions meanwhile (``ERRAND_RATE_LIMIT_FAIL_OPEN=false``)."""

@@ -56,6 +56,7 @@ from sqlmodel import Session, col
 
 from errand_api.admission import publish_admitted
 from errand_api.deps import Services
+from errand_api.errors import ShuttingDown
 from errand_api.hotpath import holds_connection, write_many, write_submission
 from errand_api.publisher import GroupPublisher, Outgoing
 from errand_api.routes import jobs
@@ -138,65 +139,91 @@ class SubmissionGroups:
         self._closed = False
 
     async def submit(self, principal: Principal, limits: CallerLimits, body: JobCreate) -> Response:
-        """The answer to one plain submission (raises what the route would raise)."""
+        """The answer to one plain submission (raises what the route would raise).
+
+        Raises:
+            ShuttingDown: The API is stopping (no thread takes submissions any more).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
         item = _Item(principal, limits, body, contextvars.copy_context(), loop, future)
-        self._start()
-        self._queue.put(item)
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("The API is shutting down; retry shortly.", {"Retry-After": "1"})
+            self._start()
+            self._queue.put(item)
         return await future
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Answer what is queued, then stop the threads."""
+        """Answer what is queued, then stop the threads; what they could not take in
+        ``timeout_s`` is answered ``503``."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
+            for _ in threads:
+                self._queue.put(None)
         for thread in threads:
             thread.join(timeout_s)
+        left = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item.outcome = ShuttingDown(
+                    "The API is shutting down; retry shortly.", {"Retry-After": "1"}
+                )
+                left.append(item)
+        _answer(left)
 
     def _start(self) -> None:
-        if len(self._threads) >= self._threads_wanted:
-            return
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the API is shutting down")
-            while len(self._threads) < self._threads_wanted:
-                thread = threading.Thread(
-                    target=self._run, name=f"errand-submit-{len(self._threads)}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+        """Start the threads wanted (again, for one that died). Under ``_lock``."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self._threads_wanted:
+            thread = threading.Thread(
+                target=self._run, name=f"errand-submit-{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def _run(self) -> None:
         broker = self._services.broker
         assert isinstance(broker, RabbitmqBroker)  # see create_app
         publisher = GroupPublisher(broker)
+        stopped = False
         try:
             while True:
                 first = self._queue.get()
                 if first is None:
+                    stopped = True
                     return
                 group = [first]
-                stop = False
                 while len(group) < self._max_group:
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
                         break
                     if nxt is None:
-                        stop = True
+                        stopped = True
                         break
                     group.append(nxt)
-                _Group(self._services, publisher, group).run()
-                if stop:
+                try:
+                    _Group(self._services, publisher, group).run()
+                except Exception:  # never lose the thread: the group answered already
+                    logger.exception("a group of submissions failed after its answers")
+                if stopped:
                     return
         finally:
             publisher.close()
             # This thread's connection of the broker (queue declarations, and the
             # route's publishes of what went alone): closed with the thread.
             del broker.connection
+            if not stopped:  # ended by what no handler caught: another takes its place
+                with self._lock:
+                    if not self._closed:
+                        self._threads.remove(threading.current_thread())
+                        self._start()
 
 
 class _Group:
@@ -209,20 +236,37 @@ class _Group:
 
     def run(self) -> None:
         try:
-            self._tokens()
-            self._create()
-            self._write()
-            self._publish()
-        except BaseException as exc:  # answer every request, whatever happened
-            logger.exception("a group of %d submissions failed", len(self.items))
+            try:
+                self._tokens()
+                self._create()
+                self._write()
+            except Exception as exc:  # answer every request, whatever happened
+                logger.exception("a group of %d submissions failed", len(self.items))
+                for item in self.items:
+                    if item.outcome is None:
+                        item.outcome = exc
+            try:
+                # Whatever the answers: what was committed as admitted is sent (or
+                # un-admitted for the reconciler), even for an item that failed later.
+                self._publish()
+            except Exception as exc:
+                logger.exception("the messages of a group of %d submissions", len(self.items))
+                for item in self.items:
+                    if item.admitted:
+                        item.outcome = exc
+        finally:  # even when the thread itself ends here: nobody is left waiting
+            _answer(self.items)
             for item in self.items:
-                if item.outcome is None:
-                    item.outcome = exc
-        finally:
-            for item in self.items:
-                if item.session is not None:
-                    item.session.close()
-            self._answer()
+                self._close(item)
+
+    @staticmethod
+    def _close(item: _Item) -> None:
+        session, item.session = item.session, None
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # its connection is broken: the pool drops it
+                logger.debug("closing a submission's session failed", exc_info=True)
 
     def _live(self) -> list[_Item]:
         return [item for item in self.items if item.outcome is None]
@@ -230,13 +274,16 @@ class _Group:
     def _tokens(self) -> None:
         """The token bucket of every submission, in one round trip."""
         services = self.services
-        takes = []
+        takes, asking = [], []
         for item in self.items:
             session = Session(services.engine, expire_on_commit=False)
             session.info[CALLER_KEY] = item.limits  # as get_principal leaves a cached caller
             item.session = session
-            takes.append(jobs.token_bucket_of(session, services, item.principal, 1))
-        for item, decision in zip(self.items, services.limiter.take_many(takes), strict=True):
+            take = self._step(item, jobs.token_bucket_of, session, services, item.principal, 1)
+            if item.outcome is None:
+                takes.append(take)
+                asking.append(item)
+        for item, decision in zip(asking, services.limiter.take_many(takes), strict=True):
             if isinstance(decision, Exception):
                 item.outcome = decision
             else:
@@ -260,7 +307,9 @@ class _Group:
                 # while): hand that connection back now, as a group's sessions all
                 # holding one could exhaust the pool (the reads wrote nothing).
                 if holds_connection(session):
-                    session.commit()
+                    self._step(item, session.commit)
+                    if item.outcome is not None:
+                        continue
                 item.created, item.event_row = built.created, built.event_row
                 continue
             item.created = self._step(item, create_job, *args)
@@ -343,13 +392,11 @@ class _Group:
         """Every event of the group appended to the stream at once, then every admitted
         message in one transaction; the jobs of those the broker did not take are
         un-admitted (the reconciler sends them later)."""
-        self.services.events.publish(
-            [e for item in self.items if isinstance(item.outcome, Response) for e in item.events]
-        )
+        self.services.events.publish([e for item in self.items for e in item.events])
         outgoing: list[Outgoing] = []
         owners: list[_Item] = []
         for item in self.items:
-            if isinstance(item.outcome, Response):
+            if item.admitted:
                 for msg, queue_name, priority in item.admitted:
                     outgoing.append((msg, queue_name, priority, item.context))
                     owners.append(item)
@@ -373,15 +420,18 @@ class _Group:
             return item.run(fn, *args)
         except Exception as exc:
             item.outcome = exc
+            self._close(item)  # a connection it holds goes back to the pool now
             return None
 
-    def _answer(self) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
-        for item in self.items:
-            by_loop.setdefault(item.loop, []).append(item)
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, items)
+
+def _answer(items: list[_Item]) -> None:
+    """Hand each item's outcome to its request's event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+    for item in items:
+        by_loop.setdefault(item.loop, []).append(item)
+    for loop, waiting in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, waiting)
 
 
 def _resolve(items: list[_Item]) -> None:

@@ -179,10 +179,12 @@ def write_many(conn: Connection, rows: list[tuple[Created, Any, bool]]) -> list[
         if not exc.connection_invalidated:
             raise
         logger.warning("database connection lost during %d submissions; looking for them", len(ids))
-        conn.rollback()
-        found = list(
-            conn.execute(select(_JOBS.c.id, _JOBS.c.published_at).where(_JOBS.c.id.in_(ids)))
-        ) or _WRITE_MANY.all(conn, params)
+        # On a new connection of its own: ``conn`` would reconnect without its autocommit
+        # option, and a second run would be rolled back when the caller closes it.
+        with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as fresh:
+            found = list(
+                fresh.execute(select(_JOBS.c.id, _JOBS.c.published_at).where(_JOBS.c.id.in_(ids)))
+            ) or _WRITE_MANY.all(fresh, params)
     published = {row.id: row.published_at for row in found}
     return [published[i] for i in ids]
 

@@ -112,6 +112,9 @@ class GroupPublisher:
         self._channel: Any = None
         #: Message ids RabbitMQ returned as unroutable in the current group.
         self._returned: set[str] = set()
+        #: The current group's message ids, and whether its transaction committed.
+        self._ids: list[str] = []
+        self._committed = False
 
     def publish(self, messages: list[Outgoing]) -> list[bool]:
         """Send ``messages``; return, for each, whether the broker took it (False:
@@ -123,14 +126,22 @@ class GroupPublisher:
         if not messages:
             return []
         for attempt in (1, 2):
+            self._committed = False
             try:
                 return self._send(messages)
             except Exception:  # any broker failure: the rows are safe, publish later
                 self.close()
+                if self._committed:
+                    # Taken by the broker; only the returns' delivery failed after:
+                    # sending again would send the group twice.
+                    logger.warning("the group's publish failed after its commit", exc_info=True)
+                    return [mid not in self._returned for mid in self._ids]
                 if attempt == 2:
                     logger.warning(
-                        "could not publish %d jobs; they wait for the reconciler",
+                        "could not publish %d jobs (%s%s); they wait for the reconciler",
                         len(messages),
+                        ", ".join(str(m[0].job_id) for m in messages[:3]),
+                        ", ..." if len(messages) > 3 else "",
                         exc_info=True,
                     )
         return [False] * len(messages)
@@ -149,11 +160,14 @@ class GroupPublisher:
         for queue in {queue for _, queue, _, _ in messages}:
             self._broker.declare_queue(queue, ensure=True)
         self._returned.clear()
-        ids = [ctx.run(self._put, channel, msg, queue, prio) for msg, queue, prio, ctx in messages]
+        self._ids = [
+            ctx.run(self._put, channel, msg, queue, prio) for msg, queue, prio, ctx in messages
+        ]
         channel.tx_commit()
+        self._committed = True
         # Returns arrive before commit-ok; pika hands them to the callback here.
         self._connection.process_data_events(time_limit=0)
-        return [message_id not in self._returned for message_id in ids]
+        return [message_id not in self._returned for message_id in self._ids]
 
     def _put(self, channel: Any, msg: RunJobStep, queue: str, priority: str) -> str:
         with tracer().start_as_current_span(

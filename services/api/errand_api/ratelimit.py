@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from errand_api import metrics
@@ -117,14 +118,13 @@ class TokenBucket:
         :meth:`take` would have raised."""
         if not takes:
             return []
-        pipe = self._client.pipeline(transaction=False)
         now = time.time()
-        for user, rate, burst, cost in takes:
-            self._script(
-                keys=[f"{self._prefix}ratelimit:{user}"], args=[rate, burst, cost, now], client=pipe
-            )
         try:
-            replies = pipe.execute()
+            try:
+                replies = self._take_many(takes, now)
+            except NoScriptError:  # Redis restarted or flushed its scripts: none ran
+                self._script.sha = self._client.script_load(_TAKE)
+                replies = self._take_many(takes, now)
         except (RedisConnectionError, RedisTimeoutError):
             self._report(away=True)
             out: list[Decision | Exception] = []
@@ -140,6 +140,18 @@ class TokenBucket:
             self._decision(bool(allowed), int(milli), rate, burst, cost)
             for (allowed, milli), (_user, rate, burst, cost) in zip(replies, takes, strict=True)
         ]
+
+    def _take_many(self, takes: list[tuple[str, float, int, int]], now: float) -> list[Any]:
+        """The script for each take by its digest, in one pipeline: one round trip (a
+        pipeline given the script object asks Redis whether it knows the script on every
+        run, a round trip more)."""
+        pipe = self._client.pipeline(transaction=False)
+        for user, rate, burst, cost in takes:
+            pipe.evalsha(
+                self._script.sha, 1, f"{self._prefix}ratelimit:{user}", rate, burst, cost, now
+            )
+        replies: list[Any] = pipe.execute()
+        return replies
 
     @staticmethod
     def _decision(allowed: bool, milli: int, rate_per_s: float, burst: int, cost: int) -> Decision:

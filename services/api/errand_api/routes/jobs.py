@@ -49,7 +49,8 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "Rate limited (see Retry-After)"},
     503: {
         "description": "The rate limit cannot be checked (Redis away) and the API is set to"
-        " refuse meanwhile (ERRAND_RATE_LIMIT_FAIL_OPEN=false); see Retry-After"
+        " refuse meanwhile (ERRAND_RATE_LIMIT_FAIL_OPEN=false), or this API process is"
+        " shutting down; see Retry-After"
     },
 }
 

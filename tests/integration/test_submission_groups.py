@@ -92,6 +92,14 @@ def _user(db_engine: Engine, **limits: Any) -> dict[str, str]:
     return _user_and_id(db_engine, **limits)[0]
 
 
+def _known_user(client: TestClient, db_engine: Engine, **limits: Any) -> dict[str, str]:
+    """A new user's auth header, its key already in the API's memory (the plain path,
+    hence the groups, takes only a key authenticated a moment ago)."""
+    headers = _user(db_engine, **limits)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    return headers
+
+
 def _user_and_id(db_engine: Engine, **limits: Any) -> tuple[dict[str, str], str]:
     with Session(db_engine) as session:
         user, key = create_user(session, f"grp-{uuid.uuid4().hex[:8]}")
@@ -282,8 +290,7 @@ def test_a_paused_job_in_a_group_is_written_and_not_sent(
     monkeypatch: pytest.MonkeyPatch,
     kind: str,
 ) -> None:
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     name = f"q-{job_type}" if kind == "queue" else job_type
     with Session(db_engine) as session:
         session.add(Pause(kind=kind, name=name))
@@ -311,8 +318,7 @@ def test_a_failed_group_statement_writes_each_submission_alone(
     job_type: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     _held_groups(client, monkeypatch, 5)
     failed: list[int] = []
 
@@ -343,8 +349,7 @@ def test_a_group_whose_reply_was_lost_is_answered_once_written(
     monkeypatch: pytest.MonkeyPatch,
     landed: bool,
 ) -> None:
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     sizes = _held_groups(client, monkeypatch, 4)
     lost = LostReply(hotpath._WRITE_MANY, landed=landed)
     monkeypatch.setattr(hotpath, "_WRITE_MANY", lost)
@@ -367,8 +372,7 @@ def test_jobs_the_broker_did_not_take_wait_for_the_reconciler(
 ) -> None:
     """The broker away: every job of the group is answered 202, committed, and
     un-admitted (``published_at`` NULL), which is what the reconciler sends later."""
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     _held_groups(client, monkeypatch, 4)
 
     def away(self: Any, messages: list[Any]) -> list[bool]:
@@ -443,8 +447,7 @@ def test_each_submission_runs_in_its_requests_context(
     """A group's thread builds each job in the context of the request that sent it (its
     log context here; the trace context is a context variable the same way), so log
     lines and spans of a submission name their own request."""
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     sizes = _held_groups(client, monkeypatch, 6)
     seen: dict[str, str] = {}
     real = grouped.build_plain
@@ -533,8 +536,7 @@ def test_a_grouped_job_is_written_as_the_route_writes_it(
     """The group builds a plain job without ORM rows: every column of its job, steps
     and event is what the route's own path (the ORM's objects) writes, and both answer
     the same view."""
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     built: list[bool] = []
     real = grouped.build_plain
 
@@ -571,8 +573,7 @@ def test_a_capped_callers_submissions_take_the_request_threads(
     """A caller with an in-flight cap is admitted by the route (a read and lock of
     their jobs), on the request threads, several at once: never in a group. Two of
     three are admitted, the third waits for a slot."""
-    headers = _user(db_engine, max_in_flight=2)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine, max_in_flight=2)
     grouped_calls: list[bool] = []
     monkeypatch.setattr(grouped, "build_plain", lambda *a: grouped_calls.append(True))
     answers = _post_all(client, [{"type": job_type}] * 3, headers)
@@ -629,8 +630,7 @@ def test_a_group_that_ends_its_thread_is_answered_and_the_thread_replaced(
     job_type: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     crashed: list[bool] = []
     real = grouped._Group._tokens
 
@@ -675,8 +675,7 @@ def test_a_message_the_broker_returns_unadmits_its_job(
     """A queue deleted behind the API's back: the message comes back as unroutable, its
     job waits for the reconciler (``published_at`` NULL), and the next submission
     declares the queue again."""
-    headers = _user(db_engine)
-    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    headers = _known_user(client, db_engine)
     queue = f"q-{job_type}"
     assert client.post("/v1/jobs", json={"type": job_type}, headers=headers).status_code == 202
     connection = pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url))

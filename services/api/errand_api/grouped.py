@@ -129,7 +129,7 @@ def groupable(body: JobCreate, limits: CallerLimits, default_cap: int) -> bool:
 class SubmissionGroups:
     """The threads that run plain submissions in groups (see the module)."""
 
-    def __init__(self, services: Services, *, threads: int = 2, max_group: int = 64) -> None:
+    def __init__(self, services: Services, *, threads: int = 1, max_group: int = 64) -> None:
         self._services = services
         self._threads_wanted = threads
         self._max_group = max_group
@@ -326,7 +326,7 @@ class _Group:
         plain = [item for item in self._live() if item.event_row is not None]
         if not plain:
             return
-        rows = [(item.created, item.event_row, True) for item in plain]
+        rows = [(item.created, item.event_row) for item in plain]
         try:
             with self.services.engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT"
@@ -349,7 +349,7 @@ class _Group:
         own (the same one, one row)."""
         assert item.created is not None
         with self.services.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            (published_at,) = write_many(conn, [(item.created, item.event_row, True)])
+            (published_at,) = write_many(conn, [(item.created, item.event_row)])
         self._finish(item, published_at)
 
     def _finish(self, item: _Item, published_at: Any) -> None:

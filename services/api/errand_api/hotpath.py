@@ -50,13 +50,12 @@ _NEW_STEP = {
 }
 
 
-def _job_value(column: Any, admit: str = ":admit") -> str:
-    """The SELECT expression of one job column, from the JSON record ``r`` (``admit``:
-    the expression of whether it is admitted as written)."""
+def _job_value(column: Any) -> str:
+    """The SELECT expression of one job column, from the JSON record ``r``."""
     if column.name == "published_at":
         # Admitted as it is written unless its queue or type is paused.
         return (
-            f"CASE WHEN {admit} AND NOT EXISTS (SELECT 1 FROM pauses AS p WHERE"  # noqa: S608
+            "CASE WHEN :admit AND NOT EXISTS (SELECT 1 FROM pauses AS p WHERE"
             " (p.kind = 'queue' AND p.name = r.queue)"
             " OR (p.kind = 'job_type' AND p.name = r.type)) THEN :now END"
         )
@@ -108,17 +107,14 @@ def _event_value(column: Any) -> str:
     return f"e.{column.name}"
 
 
-#: Several submissions in one statement (:func:`write_many`): the jobs as one JSON array
-#: (each with ``_admit``), the steps and the events as others, each row naming its job.
+#: Several submissions in one statement (:func:`write_many`): the jobs as one JSON array,
+#: the steps and the events as others, each row naming its job; every job admitted as it
+#: is written unless its queue or type is paused.
 _MANY_SQL = f"""
-WITH input AS (
-    SELECT r.*, CAST(e ->> '_admit' AS boolean) AS _admit
-    FROM jsonb_array_elements(CAST(:jobs AS jsonb)) AS e,
-        LATERAL jsonb_populate_record(NULL::jobs, e) AS r
-), job AS (
+WITH job AS (
     INSERT INTO jobs ({", ".join(c.name for c in _JOBS.c)})
-    SELECT {", ".join(_job_value(c, "r._admit") for c in _JOBS.c)}
-    FROM input AS r
+    SELECT {", ".join(_job_value(c) for c in _JOBS.c)}
+    FROM jsonb_populate_recordset(NULL::jobs, CAST(:jobs AS jsonb)) AS r
     RETURNING id, published_at
 ), steps AS (
     INSERT INTO job_steps (job_id, index, name, timeout_s, {", ".join(_NEW_STEP)})
@@ -136,6 +132,7 @@ SELECT id, published_at FROM job
 _WRITE_MANY = Precompiled(
     text(_MANY_SQL).bindparams(
         bindparam("jobs", type_=String),
+        bindparam("admit", type_=Boolean),
         bindparam("now", type_=UtcDateTime()),
         bindparam("s_status", type_=String),
         bindparam("steps", type_=String),
@@ -144,9 +141,10 @@ _WRITE_MANY = Precompiled(
 )
 
 
-def write_many(conn: Connection, rows: list[tuple[Created, Any, bool]]) -> list[Any]:
+def write_many(conn: Connection, rows: list[tuple[Created, Any]]) -> list[Any]:
     """Write several plain submissions in one statement on ``conn`` (in autocommit: the
-    statement is its transaction): ``(created, event_row, admit)`` each, the event's
+    statement is its transaction), each admitted as written unless its queue or type is
+    paused: ``(created, event_row)`` each, the event's
     row being the ``queued`` event of ``created`` (any object with the ``job_events``
     columns as attributes, as :func:`~errand_api.submission.build_plain` makes).
     Return the ``published_at`` of each, in order (None: not admitted as written).
@@ -157,9 +155,9 @@ def write_many(conn: Connection, rows: list[tuple[Created, Any, bool]]) -> list[
     statement, and nothing of it is written.
     """
     jobs, steps, events = [], [], []
-    for created, event_row, admit in rows:
+    for created, event_row in rows:
         job = created.job
-        jobs.append(_fields(job, _JOBS.c) | {"_admit": admit})
+        jobs.append(_fields(job, _JOBS.c))
         steps += [
             {"job_id": str(job.id), "index": s.index, "name": s.name, "timeout_s": s.timeout_s}
             for s in created.steps
@@ -167,12 +165,13 @@ def write_many(conn: Connection, rows: list[tuple[Created, Any, bool]]) -> list[
         events.append(_fields(event_row, _EVENT_COLUMNS))
     params = {
         "jobs": json.dumps(jobs, separators=(",", ":")),
+        "admit": True,
         "now": utcnow(),
         "s_status": _NEW_STEP["status"],
         "steps": json.dumps(steps, separators=(",", ":")),
         "events": json.dumps(events, separators=(",", ":")),
     }
-    ids = [created.job.id for created, _, _ in rows]
+    ids = [created.job.id for created, _ in rows]
     try:
         found = _WRITE_MANY.all(conn, params)
     except DBAPIError as exc:
@@ -240,9 +239,15 @@ def _after_lost_reply(
     return _WRITE.first(conn, params)
 
 
-def plain_rows(session: Session, created: Created) -> list[Any] | None:
-    """What the session holds for ``created`` (the job, its steps, its event) when
-    that is the plain case (see the module's docstring) on PostgreSQL, else None."""
+def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
+    """Write ``created`` (a new job, its steps, its first event) in one statement on
+    PostgreSQL and take it out of the session; return whether it was admitted as it was
+    written (``admit`` and neither its queue nor its type paused).
+
+    Returns None, leaving everything to the session's flush, when this is not the plain
+    case (see the module's docstring) or the database is not PostgreSQL. When the
+    session had no transaction open, the statement commits by itself.
+    """
     job, steps = created.job, created.steps
     if session.get_bind().dialect.name != "postgresql" or session.dirty or session.deleted:
         return None
@@ -256,33 +261,6 @@ def plain_rows(session: Session, created: Created) -> list[Any] | None:
         or any(getattr(s, k) != v for s in steps for k, v in _NEW_STEP.items())
     ):
         return None
-    return pending
-
-
-def written(session: Session, created: Created, pending: list[Any], published: Any) -> bool:
-    """Take the rows of a submission written by statement out of ``session``; set the
-    job's ``published_at``; return whether it was admitted as it was written."""
-    for obj in pending:
-        if obj in session:
-            session.expunge(obj)
-    created.job.published_at = published
-    return published is not None
-
-
-def write_submission(session: Session, created: Created, *, admit: bool) -> bool | None:
-    """Write ``created`` (a new job, its steps, its first event) in one statement on
-    PostgreSQL and take it out of the session; return whether it was admitted as it was
-    written (``admit`` and neither its queue nor its type paused).
-
-    Returns None, leaving everything to the session's flush, when this is not the plain
-    case (see the module's docstring) or the database is not PostgreSQL. When the
-    session had no transaction open, the statement commits by itself.
-    """
-    job, steps = created.job, created.steps
-    pending = plain_rows(session, created)
-    if pending is None:
-        return None
-    events = [o for o in pending if isinstance(o, JobEvent)]
     params: dict[str, Any] = {f"e_{c.name}": getattr(events[0], c.name) for c in _EVENT_COLUMNS}
     params |= {
         "job": _record(job),
@@ -304,7 +282,11 @@ def write_submission(session: Session, created: Created, *, admit: bool) -> bool
         if not (alone and exc.connection_invalidated):
             raise
         row = _after_lost_reply(session, job.id, params, options)
-    admitted = written(session, created, pending, row.published_at if row is not None else None)
+    for obj in pending:
+        if obj in session:
+            session.expunge(obj)
     if alone:
         session.commit()  # nothing left to commit: the connection goes back to the pool
-    return admitted
+    published: datetime | None = row.published_at if row is not None else None
+    job.published_at = published
+    return published is not None

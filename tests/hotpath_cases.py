@@ -114,7 +114,7 @@ def check_same_rows_as_the_general_path(
 
     # The same job through the general path only.
     monkeypatch.setattr(ledger, "_claim_usual", lambda *_a: None)
-    monkeypatch.setattr(outcome, "_complete_usual", lambda *_a: None)
+    monkeypatch.setattr(outcome, "_complete_usual", lambda *_a, **_k: None)
     general = _run(running, job_type)
     assert used == expected, "the second job used the hot path"
 

@@ -1,5 +1,6 @@
 """Database engines and sessions for PostgreSQL (production) and SQLite (dev mode)."""
 
+import contextlib
 import logging
 import re
 import threading
@@ -182,8 +183,12 @@ class HeldConnections:
     connection (``errand dev``'s shutdown, tests; a worker process's exit closes its own).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, settings: dict[str, str] | None = None) -> None:
         self._engine = engine
+        #: Session settings of each held connection (PostgreSQL's ``set_config``). A
+        #: connection with settings is discarded when dropped or closed, never returned
+        #: to the engine's pool, so that they never reach another use of it.
+        self._settings = dict(settings or {})
         self._local = threading.local()
         self._all: set[Connection] = set()
         self._busy: set[Connection] = set()
@@ -226,13 +231,19 @@ class HeldConnections:
             self._drop(mine)
         conn = self._engine.connect()
         conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            for name, value in self._settings.items():
+                conn.execute(_SET_CONFIG, {"name": name, "value": value})
+        except BaseException:
+            self._discard(conn)
+            raise
         with self._lock:
             closed = self._closed
             if not closed:
                 self._all.add(conn)
                 self._busy.add(conn)
         if closed:
-            _close_quietly(conn)
+            self._discard(conn)
             return None
         self._local.conn = conn
         return conn
@@ -243,6 +254,12 @@ class HeldConnections:
         with self._lock:
             self._all.discard(conn)
             self._busy.discard(conn)
+        self._discard(conn)
+
+    def _discard(self, conn: Connection) -> None:
+        if self._settings:
+            with contextlib.suppress(Exception):  # broken already: invalidated anyway
+                conn.invalidate()
         _close_quietly(conn)
 
     def close(self) -> None:
@@ -253,7 +270,10 @@ class HeldConnections:
             idle = [c for c in self._all if c not in self._busy]
             self._all.difference_update(idle)
         for conn in idle:
-            _close_quietly(conn)
+            self._discard(conn)
+
+
+_SET_CONFIG = text("SELECT set_config(:name, :value, false)")
 
 
 def _close_quietly(conn: Connection) -> None:
@@ -261,6 +281,12 @@ def _close_quietly(conn: Connection) -> None:
         conn.close()
     except Exception:  # already broken: its pool record is invalidated anyway
         logger.debug("closing a held connection failed", exc_info=True)
+
+
+class ReplyLost(Exception):
+    """A statement run for this thread by another (a group of statements, in one
+    connection of that thread's) lost its connection before the answer: what it wrote
+    is unknown, as after a lost reply of this thread's own connection."""
 
 
 def once_more_on_disconnect(work: Callable[[], T], then: Callable[[], T] | None = None) -> T:
@@ -278,6 +304,9 @@ def once_more_on_disconnect(work: Callable[[], T], then: Callable[[], T] | None 
         if not exc.connection_invalidated:
             raise
         logger.warning("database connection lost (%s); trying once more", type(exc.orig).__name__)
+        return (then or work)()
+    except ReplyLost:
+        logger.warning("a group's database connection was lost; trying once more")
         return (then or work)()
 
 

@@ -24,6 +24,7 @@ from errand_schema.telemetry import configure_tracing, instrument_clients
 from errand_worker.actors.steps import declare_step_actors
 from errand_worker.consumer import ErrandRabbitmqBroker
 from errand_worker.gates import FlowGates
+from errand_worker.grouped import StepGroups
 from errand_worker.jobtypes import builtin_job_types
 from errand_worker.jobtypes.email_send import SmtpConfig
 from errand_worker.lease import LeaseKeeper
@@ -240,6 +241,10 @@ def setup_worker(
         gates=FlowGates(redis, settings.redis_prefix, engine),
         estimator=Estimator(redis, settings.redis_prefix),
     )
+    if settings.step_group_max and engine.dialect.name == "postgresql":
+        runtime.groups = StepGroups(
+            worker=settings.worker_name, lease_s=settings.lease_s, max_size=settings.step_group_max
+        )
     broker.add_middleware(
         GracefulShutdown(
             watchdog,

@@ -118,7 +118,7 @@ CLOSE_ATTEMPT = (
     .values(outcome="completed", finished_at=bindparam("b_now"), duration_ms=bindparam("b_ms"))
 )
 INSERT_EVENTS = insert(_EVENTS)
-_EVENT_COLUMNS = [
+EVENT_COLUMNS = [
     "job_id",
     "seq",
     "type",
@@ -133,11 +133,11 @@ _EVENT_COLUMNS = [
 ]
 #: Two rows in one statement. A multi-row ``insert().values([...])`` is compiled again on
 #: every call (SQLAlchemy gives it no cache key); a text statement is compiled once.
-_TWO_ROWS = ", ".join(f"({', '.join(f':{c}_{i}' for c in _EVENT_COLUMNS)})" for i in (0, 1))
+_TWO_ROWS = ", ".join(f"({', '.join(f':{c}_{i}' for c in EVENT_COLUMNS)})" for i in (0, 1))
 # Names from the table's own metadata; every value is a bound parameter.
-_TWO_SQL = f"INSERT INTO {_EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {_TWO_ROWS}"  # noqa: S608
+_TWO_SQL = f"INSERT INTO {_EVENTS.name} ({', '.join(EVENT_COLUMNS)}) VALUES {_TWO_ROWS}"  # noqa: S608
 INSERT_TWO_EVENTS = text(_TWO_SQL).bindparams(
-    *(bindparam(f"{c}_{i}", type_=_EVENTS.c[c].type) for i in (0, 1) for c in _EVENT_COLUMNS)
+    *(bindparam(f"{c}_{i}", type_=_EVENTS.c[c].type) for i in (0, 1) for c in EVENT_COLUMNS)
 )
 
 #: What the claim needs to know about a job, read without a lock.
@@ -244,7 +244,7 @@ def _event_select(j: CTE, i: int, offset: int) -> Select[Any]:
     """Event row ``i`` of a statement as a SELECT from the fenced job ``j`` (no row when
     the fence did not match); its seq is the job's new seq minus ``offset``."""
     values: list[ColumnElement[Any]] = []
-    for c in _EVENT_COLUMNS:
+    for c in EVENT_COLUMNS:
         if c == "seq":
             values.append((j.c.seq - offset) if offset else j.c.seq)
         else:
@@ -256,7 +256,7 @@ def _insert_events_from(j: CTE, offsets: tuple[int, ...]) -> CTE:
     """The events' INSERT as a CTE: one row per offset, none if ``j`` is empty."""
     rows = [_event_select(j, i, offset) for i, offset in enumerate(offsets)]
     source = rows[0] if len(rows) == 1 else union_all(*rows)
-    return insert(_EVENTS).from_select(_EVENT_COLUMNS, source).cte("e")
+    return insert(_EVENTS).from_select(EVENT_COLUMNS, source).cte("e")
 
 
 def _exists(j: CTE) -> ColumnElement[bool]:
@@ -455,7 +455,7 @@ def _claim_hinted_statement() -> Select[Any]:
         actor,
         at,
     )
-    written = insert(_EVENTS).from_select(_EVENT_COLUMNS, union_all(started, step_started)).cte("e")
+    written = insert(_EVENTS).from_select(EVENT_COLUMNS, union_all(started, step_started)).cte("e")
     steps = _steps_json(_STEPS.c.job_id == j.c.id, _STEPS.c.index < j.c.step_index)
     return select(
         *j.c,
@@ -518,7 +518,7 @@ def claim_hinted(
     found = _CLAIM_HINTED.first(conn, params)
     if found is None:
         return None
-    rows = _start_events(
+    rows = start_events(
         job_id,
         was_status=found.was_status,
         was_progress=found.was_progress,
@@ -529,7 +529,7 @@ def claim_hinted(
         worker=worker,
         now=now,
     )
-    _number(rows, found.seq)
+    number(rows, found.seq)
     outputs = {name: output for _, name, output in found.before or ()}
     return Taken(found, int(found.attempt_id), rows, outputs)
 
@@ -654,7 +654,7 @@ def take_lease(
         "outcome": "running",
         "started_at": now,
     }
-    rows = _start_events(
+    rows = start_events(
         job_id,
         was_status=job.status,
         was_progress=job.progress,
@@ -671,19 +671,19 @@ def take_lease(
         if found is None:
             return None
         seq, attempt_id = found
-        _number(rows, seq)
+        number(rows, seq)
         return int(attempt_id), rows
     taken = conn.execute(TAKE_LEASE, lease).first()
     if taken is None:
         return None
-    _number(rows, taken[0])
+    number(rows, taken[0])
     conn.execute(START_STEP, {"b_id": job_id, "b_index": job.step_index, "b_now": now})
     attempt_id = conn.execute(OPEN_ATTEMPT, opened).scalar_one()
     _insert_events(conn, rows)
     return int(attempt_id), rows
 
 
-def _start_events(
+def start_events(
     job_id: uuid.UUID,
     *,
     was_status: str,
@@ -782,6 +782,54 @@ def complete(
         fence["b_result"] = output
     else:
         fence |= {"b_progress": progress, "b_next_step": steps[index + 1]}
+    rows = completion_events(
+        job_id,
+        worker=worker,
+        attempt=attempt,
+        index=index,
+        steps=steps,
+        progress=progress,
+        duration_ms=duration_ms,
+        now=now,
+    )
+    closing = {"b_output": output, "b_attempt_id": attempt_id, "b_ms": duration_ms}
+    if _postgres(conn):
+        found = _COMPLETE[last].first(conn, fence | closing | _event_params(rows))
+        if found is None:
+            return None
+        number(rows, found.seq)
+        if last:
+            return Completed(
+                found.seq, found.owner_id, rows, waiting=found.waiting, dependents=False
+            )
+        return Completed(found.seq, found.owner_id, rows)
+    found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()
+    if found is None:
+        return None
+    seq, owner = found.seq, found.owner_id
+    number(rows, seq)
+    conn.execute(
+        CHECKPOINT_STEP, {"b_id": job_id, "b_index": index, "b_output": output, "b_now": now}
+    )
+    conn.execute(CLOSE_ATTEMPT, {"b_attempt_id": attempt_id, "b_now": now, "b_ms": duration_ms})
+    _insert_events(conn, rows)
+    return Completed(seq, owner, rows, dependents=found.has_dependents if last else None)
+
+
+def completion_events(
+    job_id: uuid.UUID,
+    *,
+    worker: str,
+    attempt: int,
+    index: int,
+    steps: list[str],
+    progress: int,
+    duration_ms: float,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The event rows of step ``index``'s completion: the step's ``completed``, then,
+    after the last step, the job's ``completed``."""
+    last = index + 1 >= len(steps)
     name = steps[index]
     rows: list[dict[str, Any]] = [
         _event(
@@ -814,35 +862,14 @@ def complete(
                 at=now,
             )
         )
-    closing = {"b_output": output, "b_attempt_id": attempt_id, "b_ms": duration_ms}
-    if _postgres(conn):
-        found = _COMPLETE[last].first(conn, fence | closing | _event_params(rows))
-        if found is None:
-            return None
-        _number(rows, found.seq)
-        if last:
-            return Completed(
-                found.seq, found.owner_id, rows, waiting=found.waiting, dependents=False
-            )
-        return Completed(found.seq, found.owner_id, rows)
-    found = conn.execute(FINISH_JOB if last else ADVANCE_JOB, fence).first()
-    if found is None:
-        return None
-    seq, owner = found.seq, found.owner_id
-    _number(rows, seq)
-    conn.execute(
-        CHECKPOINT_STEP, {"b_id": job_id, "b_index": index, "b_output": output, "b_now": now}
-    )
-    conn.execute(CLOSE_ATTEMPT, {"b_attempt_id": attempt_id, "b_now": now, "b_ms": duration_ms})
-    _insert_events(conn, rows)
-    return Completed(seq, owner, rows, dependents=found.has_dependents if last else None)
+    return rows
 
 
 def _postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _number(rows: list[dict[str, Any]], seq: int) -> None:
+def number(rows: list[dict[str, Any]], seq: int) -> None:
     """Give the event rows their seqs: the job's new ``seq`` is the last one's."""
     for offset, row in enumerate(reversed(rows)):
         row["seq"] = seq - offset

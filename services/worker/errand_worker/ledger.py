@@ -24,6 +24,7 @@ from errand_schema.states import FINISHED_STATUSES, JobStatus, StepStatus
 from errand_schema.transition import append_event, event_messages, lock_job, transition_job
 from errand_worker import hotpath
 from errand_worker.errors import JobCancelled, LeaseLost
+from errand_worker.grouped import ClaimAsk, claim_one
 from errand_worker.holds import park_held
 from errand_worker.registry import JobTypeSpec, StepSpec
 from errand_worker.runtime import WorkerRuntime
@@ -358,18 +359,11 @@ def _claim_hinted(
         return None
     if rt.gates is not None and rt.gates.is_paused(conn, queue, job_type):
         return None
-    now = utcnow()
-    taken = hotpath.claim_hinted(
-        conn,
-        job_id=msg.job_id,
-        job_type=job_type,
-        queue=queue,
-        index=msg.step_index,
-        attempt=msg.attempt,
-        worker=rt.worker,
-        lease_until=now + timedelta(seconds=rt.lease_s),
-        now=now,
-    )
+    ask = ClaimAsk(msg.job_id, job_type, queue, msg.step_index, msg.attempt)
+    if rt.groups is not None:
+        taken = rt.groups.claims.run(conn, ask)
+    else:
+        taken = claim_one(conn, ask, worker=rt.worker, lease_s=rt.lease_s)
     if taken is None:
         return None
     job = taken.job

@@ -20,6 +20,7 @@ from errand_schema.transition import (
 from errand_worker import hotpath
 from errand_worker.alerts import alert_dead_job
 from errand_worker.errors import LeaseLost
+from errand_worker.grouped import CompleteAsk, StepGroups, complete_one
 from errand_worker.holds import park_held
 from errand_worker.ledger import (
     Claim,
@@ -119,7 +120,9 @@ def _complete_alone(
     """The usual completion as one statement committing by itself (PostgreSQL), then its
     events and the slot it freed; None when the general path must decide."""
     with rt.statement() as (conn, written):
-        alone = _complete_usual(conn, written, claim, output, duration_ms, rt.worker)
+        alone = _complete_usual(
+            conn, written, claim, output, duration_ms, rt.worker, groups=rt.groups
+        )
     if alone is None:
         return None
     outcome, done = alone
@@ -191,6 +194,8 @@ def _complete_usual(
     output: Any,
     duration_ms: float,
     worker: str,
+    *,
+    groups: StepGroups | None = None,
 ) -> tuple[Outcome, hotpath.Completed] | None:
     """The usual completion (:mod:`errand_worker.hotpath`): one statement on
     PostgreSQL, a few in the caller's transaction on SQLite. None when something unusual
@@ -201,20 +206,21 @@ def _complete_usual(
     if attempt_id is None:
         return None
     index = claim.step_index
-    done = hotpath.complete(
-        conn,
-        job_id=claim.job_id,
-        worker=worker,
-        attempt=claim.attempt,
-        run=claim.run,
-        index=index,
-        attempt_id=attempt_id,
-        steps=[step.name for step in claim.steps],
-        progress=overall_progress(index + 1, len(claim.steps), 0),
-        output=output,
-        duration_ms=duration_ms,
-        now=utcnow(),
+    ask = CompleteAsk(
+        claim.job_id,
+        claim.attempt,
+        claim.run,
+        index,
+        attempt_id,
+        [step.name for step in claim.steps],
+        overall_progress(index + 1, len(claim.steps), 0),
+        output,
+        duration_ms,
     )
+    if groups is not None:
+        done = groups.completions.run(conn, ask)
+    else:
+        done = complete_one(conn, ask, worker=worker)
     if done is None:
         return None
     events.extend(event_messages(done.owner, done.rows))

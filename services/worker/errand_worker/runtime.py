@@ -21,6 +21,7 @@ from errand_worker.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from errand_worker.gates import FlowGates
+    from errand_worker.grouped import StepGroups
     from errand_worker.reconciler import Reconciler
 
 
@@ -74,12 +75,20 @@ class WorkerRuntime:
     queue_backlog: Callable[[str], int | None] | None = None
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
+    #: The usual claims and completions of this process's threads, run in groups
+    #: (:mod:`errand_worker.grouped`; PostgreSQL). None: each thread runs its own.
+    groups: "StepGroups | None" = None
 
     #: Each worker thread's own autocommit connection for :meth:`statement`.
     held: HeldConnections = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.held = HeldConnections(self.engine)
+        # Every statement on a held connection finds its rows by a key: sequential scans
+        # off, so that no plan of one (the grouped statements' above all, whose generic
+        # plans a prepared statement keeps) reads a whole table that was small when the
+        # plan was made (errand_worker.grouped).
+        settings = {"enable_seqscan": "off"} if self.one_statement else None
+        self.held = HeldConnections(self.engine, settings=settings)
 
     @property
     def one_statement(self) -> bool:

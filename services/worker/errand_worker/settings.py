@@ -32,6 +32,10 @@ class WorkerSettings(CommonSettings):
     lease_s: float = 4.0
     #: How often running steps' leases are renewed (and cancellations looked for).
     heartbeat_s: float = 1.0
+    #: The usual claims (and completions) of a process's threads that wait at the same
+    #: time are written in one statement, up to this many (0: each thread its own; see
+    #: ``errand_worker.grouped``). PostgreSQL only.
+    step_group_max: int = Field(default=16, ge=0)
     #: Messages prefetched per worker thread (small keeps priorities honoured).
     prefetch_per_thread: int = 1
     #: Retry delays up to this go through the broker's delay queue; longer ones wait in

@@ -1,0 +1,229 @@
+"""The groups of a worker process's statements (:class:`errand_worker.grouped.StatementGroups`):
+who leads, what shares a statement, and what each thread gets when a statement fails.
+The statements here are stand-ins; tests/integration/test_step_groups.py runs the real
+ones on PostgreSQL."""
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from dramatiq.threading import raise_thread_exception
+from sqlalchemy.exc import DBAPIError
+
+from errand_schema.db import ReplyLost, once_more_on_disconnect
+from errand_worker.grouped import StatementGroups
+
+from helpers import wait_for
+
+
+@dataclass
+class Statements:
+    """``run_one``/``run_many`` that record their calls (with the connection each ran on);
+    the first ``run_one`` waits for :attr:`release` (its thread then leads alone while
+    the others queue up)."""
+
+    many_error: BaseException | None = None
+    one_error: BaseException | None = None
+    calls: list[tuple[str, Any, Any]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+    def one(self, conn: Any, ask: tuple[str, int]) -> str:
+        first = not self.calls
+        self.calls.append(("one", conn, ask))
+        if first:
+            self.entered.set()
+            assert self.release.wait(10)
+        if self.one_error is not None and ask[0] == "boom":
+            raise self.one_error
+        return f"{ask[0]}{ask[1]}:one"
+
+    def many(self, conn: Any, asks: list[tuple[str, int]]) -> list[str]:
+        self.calls.append(("many", conn, list(asks)))
+        if self.many_error is not None:
+            raise self.many_error
+        return [f"{key}{n}:many" for key, n in asks]
+
+
+@dataclass
+class Caller:
+    """A thread asking the groups once, on a connection of its own."""
+
+    thread: threading.Thread
+    conn: object
+    answer: list[Any]
+
+    def join(self) -> Any:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return self.answer[0]
+
+
+def _ask(groups: StatementGroups[Any, Any], ask: tuple[str, int]) -> Caller:
+    conn, answer = object(), []
+
+    def run() -> None:
+        try:
+            answer.append(groups.run(conn, ask))  # type: ignore[arg-type]
+        except BaseException as exc:  # the test looks at what each thread got
+            answer.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return Caller(thread, conn, answer)
+
+
+def _queue(
+    groups: StatementGroups[Any, Any], statements: Statements, *asks: tuple[str, int]
+) -> tuple[Caller, list[Caller]]:
+    """A first caller leading alone (held in its statement), then ``asks`` waiting for the
+    next group in this order."""
+    first = _ask(groups, ("a", 0))
+    assert statements.entered.wait(10)
+    callers = []
+    for n, ask in enumerate(asks, start=1):
+        callers.append(_ask(groups, ask))
+        wait_for(lambda n=n: len(groups.waiting()) == n, what=f"{n} asks waiting")
+    return first, callers
+
+
+@pytest.fixture
+def statements() -> Iterator[Statements]:
+    made = Statements()
+    yield made
+    made.release.set()  # never leave a thread waiting
+
+
+def _groups(statements: Statements, max_size: int = 16) -> StatementGroups[Any, Any]:
+    return StatementGroups(
+        statements.many, statements.one, lambda ask: ask[0], max_size=max_size, name="tests"
+    )
+
+
+def test_asks_that_wait_while_a_statement_runs_share_the_next_one(statements: Statements) -> None:
+    groups = _groups(statements)
+    first, callers = _queue(groups, statements, ("b", 1), ("c", 2), ("d", 3))
+    statements.release.set()
+    assert first.join() == "a0:one"
+    assert [c.join() for c in callers] == ["b1:many", "c2:many", "d3:many"]
+    # The first to arrive alone ran its own statement at once; the three that waited
+    # shared one, run on the connection of the first of them (it led the group).
+    assert [(kind, ask) for kind, _, ask in statements.calls] == [
+        ("one", ("a", 0)),
+        ("many", [("b", 1), ("c", 2), ("d", 3)]),
+    ]
+    assert statements.calls[0][1] is first.conn
+    assert statements.calls[1][1] is callers[0].conn
+    assert (groups.groups, groups.grouped) == (1, 3)
+    # Nobody leads now: the next ask runs alone at once.
+    assert _ask(groups, ("e", 4)).join() == "e4:one"
+
+
+def test_two_asks_for_one_row_never_share_a_statement(statements: Statements) -> None:
+    groups = _groups(statements)
+    first, callers = _queue(groups, statements, ("b", 1), ("c", 2), ("b", 3))
+    statements.release.set()
+    assert first.join() == "a0:one"
+    assert [c.join() for c in callers] == ["b1:many", "c2:many", "b3:one"]
+    assert [(kind, ask) for kind, _, ask in statements.calls][1:] == [
+        ("many", [("b", 1), ("c", 2)]),
+        ("one", ("b", 3)),
+    ]
+
+
+def test_a_group_holds_at_most_its_size(statements: Statements) -> None:
+    groups = _groups(statements, max_size=2)
+    first, callers = _queue(groups, statements, ("b", 1), ("c", 2), ("d", 3))
+    statements.release.set()
+    first.join()
+    assert [c.join() for c in callers] == ["b1:many", "c2:many", "d3:one"]
+
+
+def test_when_a_group_statement_fails_each_ask_runs_alone(statements: Statements) -> None:
+    statements.many_error = DBAPIError("UPDATE", {}, Exception("deadlock detected"))
+    groups = _groups(statements)
+    first, callers = _queue(groups, statements, ("b", 1), ("c", 2))
+    statements.release.set()
+    first.join()
+    # Nothing of the failed statement was written: each runs its own instead.
+    assert [c.join() for c in callers] == ["b1:one", "c2:one"]
+    ones = {(ask, conn) for kind, conn, ask in statements.calls if kind == "one"}
+    assert ones == {
+        (("a", 0), first.conn),
+        (("b", 1), callers[0].conn),
+        (("c", 2), callers[1].conn),
+    }
+
+
+def test_when_a_group_loses_its_connection_every_ask_is_run_again(statements: Statements) -> None:
+    lost = DBAPIError("UPDATE", {}, ConnectionError("gone"), connection_invalidated=True)
+    statements.many_error = lost
+    groups = _groups(statements)
+    first, (leader, other) = _queue(groups, statements, ("b", 1), ("c", 2))
+    statements.release.set()
+    first.join()
+    # The leader's own connection died: its caller sees that (and drops it); the other
+    # thread learns that what was written is unknown. Both then run again (the runner's
+    # once_more_on_disconnect), as after a lost reply of their own.
+    assert leader.join() is lost
+    assert isinstance(other.join(), ReplyLost)
+    assert _ask(groups, ("d", 3)).join() == "d3:one"
+
+
+def test_an_ask_alone_fails_as_its_statement_would(statements: Statements) -> None:
+    statements.one_error = ValueError("bad value")
+    groups = _groups(statements)
+    statements.release.set()
+    assert _ask(groups, ("a", 0)).join() == "a0:one"
+    assert isinstance(_ask(groups, ("boom", 1)).join(), ValueError)
+    assert _ask(groups, ("c", 2)).join() == "c2:one"
+
+
+def test_a_lost_group_reply_is_run_again_as_a_lost_reply_of_ones_own() -> None:
+    tries: list[str] = []
+
+    def work() -> str:
+        tries.append("first")
+        raise ReplyLost("lost")
+
+    def again() -> str:
+        tries.append("again")
+        return "found its own write"
+
+    assert once_more_on_disconnect(work, again) == "found its own write"
+    assert tries == ["first", "again"]
+
+
+class Interrupted(BaseException):
+    """As the interrupts the watchdog raises into a worker thread (not an Exception)."""
+
+
+def test_an_interrupt_during_a_group_statement_has_each_ask_run_again(
+    statements: Statements,
+) -> None:
+    statements.many_error = Interrupted()
+    groups = _groups(statements)
+    first, (leader, other) = _queue(groups, statements, ("b", 1), ("c", 2))
+    statements.release.set()
+    first.join()
+    # Whether the statement was written is unknown: the interrupted thread stops, the
+    # other runs its ask again as after a lost reply.
+    assert isinstance(leader.join(), Interrupted)
+    assert isinstance(other.join(), ReplyLost)
+    assert _ask(groups, ("d", 3)).join() == "d3:one"
+
+
+def test_a_thread_interrupted_while_it_waits_passes_the_lead_on(statements: Statements) -> None:
+    groups = _groups(statements)
+    first, (stopped, other) = _queue(groups, statements, ("b", 1), ("c", 2))
+    # Delivered when the thread next runs Python: once it is woken to lead the next group.
+    raise_thread_exception(stopped.thread.ident, Interrupted)
+    statements.release.set()
+    assert first.join() == "a0:one"
+    assert isinstance(stopped.join(), Interrupted)
+    # The lead went to the next thread waiting, which ran its ask alone.
+    assert other.join() == "c2:one"
+    assert not groups.waiting()
+    assert _ask(groups, ("d", 3)).join() == "d3:one"

@@ -293,6 +293,29 @@ def test_a_failed_group_statement_is_run_again_by_each_thread(
     assert not getattr(_groups(pg_system), kind).waiting()
 
 
+def test_a_worker_drains_many_jobs_with_groups_nothing_lost_nothing_twice(
+    pg_client: TestClient, pg_system: DevSystem
+) -> None:
+    """The worker's own threads, free to group as they meet: every job completes once."""
+    jobs = [submit(pg_client, "test.slow", SLOW) for _ in range(40)]
+    pg_system.worker.start()
+
+    def finished() -> bool:
+        with Session(pg_system.engine) as s:
+            rows = s.exec(select(Job.status).where(Job.status == "completed")).all()
+        return len(rows) == len(jobs)
+
+    wait_for(finished, 60, 0.1, what="every job completed")
+    for job_id in jobs:
+        tried = [(a.step_index, a.outcome) for a in attempts(pg_system, job_id)]
+        assert tried == [(i, "completed") for i in range(STEPS)]
+        seqs = [e.seq for e in events(pg_system, job_id)]
+        assert seqs == list(range(1, len(seqs) + 1))
+    with Session(pg_system.engine) as s:
+        steps = s.exec(select(JobStep.status)).all()
+    assert set(steps) == {"completed"}
+
+
 @pytest.fixture
 def unanalyzed_db() -> Iterator[Engine]:
     """A migrated PostgreSQL database of its own, empty and never analyzed (as a new
@@ -355,26 +378,3 @@ def test_held_connections_keep_their_settings_to_themselves(unanalyzed_db: Engin
     with unanalyzed_db.connect() as pooled:
         assert pooled.execute(text("SHOW enable_seqscan")).scalar() == "on"
     held.close()
-
-
-def test_a_worker_drains_many_jobs_with_groups_nothing_lost_nothing_twice(
-    pg_client: TestClient, pg_system: DevSystem
-) -> None:
-    """The worker's own threads, free to group as they meet: every job completes once."""
-    jobs = [submit(pg_client, "test.slow", SLOW) for _ in range(40)]
-    pg_system.worker.start()
-
-    def finished() -> bool:
-        with Session(pg_system.engine) as s:
-            rows = s.exec(select(Job.status).where(Job.status == "completed")).all()
-        return len(rows) == len(jobs)
-
-    wait_for(finished, 60, 0.1, what="every job completed")
-    for job_id in jobs:
-        tried = [(a.step_index, a.outcome) for a in attempts(pg_system, job_id)]
-        assert tried == [(i, "completed") for i in range(STEPS)]
-        seqs = [e.seq for e in events(pg_system, job_id)]
-        assert seqs == list(range(1, len(seqs) + 1))
-    with Session(pg_system.engine) as s:
-        steps = s.exec(select(JobStep.status)).all()
-    assert set(steps) == {"completed"}

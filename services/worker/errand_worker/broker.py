@@ -240,10 +240,11 @@ def setup_worker(
         max_in_flight_per_user=settings.max_in_flight_per_user,
         gates=FlowGates(redis, settings.redis_prefix, engine),
         estimator=Estimator(redis, settings.redis_prefix),
+        group_statements=settings.step_group_max > 1,
     )
-    if settings.step_group_max and engine.dialect.name == "postgresql":
+    if settings.step_group_max > 1 and runtime.one_statement:
         runtime.groups = StepGroups(
-            worker=settings.worker_name, lease_s=settings.lease_s, max_size=settings.step_group_max
+            worker=runtime.worker, lease_s=runtime.lease_s, max_size=settings.step_group_max
         )
     broker.add_middleware(
         GracefulShutdown(

@@ -19,7 +19,11 @@ Each row keeps its own fence (the message's step, attempt and run; the lease), s
 row whose fence fails is simply missing from the statement's answer, and its thread
 takes the general path alone, as before. What a group shares:
 
-- one wait: a lock on one job holds up the statement of every row in it;
+- one wait: a lock on one job (another transaction's) holds up the statement of every
+  row in it, and, as one statement of a kind runs at a time in a process, the claims
+  (or completions) of the process's other threads queue behind it meanwhile; without
+  groups only the thread with that job waited. Locking the rows with ``SKIP LOCKED``
+  instead cost more than the groups saved (a lock record per row; bench/HISTORY.md);
 - one failure: a statement that fails (a deadlock, a bad value) wrote nothing, and
   every thread runs its own one-row statement instead, so one bad row fails alone;
 - one lost reply: when the connection died before the answer, nobody knows what was
@@ -28,6 +32,15 @@ takes the general path alone, as before. What a group shares:
 
 Two requests for the same job never share a statement (the second waits for the next
 group): one statement cannot fence the same row twice.
+
+The statements run on the threads' held connections, whose sequential scans are off
+(:class:`~errand_worker.runtime.WorkerRuntime`): psycopg prepares a statement after
+five runs, and PostgreSQL keeps a generic plan for it; made while a table was small,
+these statements' plan read it whole ever after (the first build's completion read
+every attempt row for each group, nearly doubling the drain's PostgreSQL CPU per job),
+and without statistics nothing plans them again. That setting is a session's: behind a
+pooler in transaction mode it would reach other clients' server sessions, so set
+``ERRAND_STEP_GROUP_MAX=0`` there (no session setting is made then).
 """
 
 import json
@@ -64,8 +77,9 @@ _EVENT_COLUMNS = ", ".join(hotpath.EVENT_COLUMNS)
 #: :data:`errand_worker.hotpath.CLAIM_HINTED` for many messages: ``m`` is one row per
 #: message, ``o`` the jobs as the statement found them (read by their ids alone, then
 #: compared: see ``TAKE_HINTED``), and every condition of the one-row fence holds per
-#: row. The ids are given again as an array for the planner: with only the joins, a
-#: table without statistics could be read whole.
+#: row. Every table is read through its key, the ids given as an array so that every
+#: path the planner has (sequential scans are off on the connections these run on:
+#: :class:`~errand_worker.runtime.WorkerRuntime`) is bounded by the group.
 _CLAIM_SQL = f"""
 WITH m AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(CAST(:asks AS jsonb))
@@ -249,7 +263,7 @@ def claim_many(
     :func:`~errand_worker.hotpath.claim_hinted` would alone; None for each whose job
     is not as its message says (nothing written for it)."""
     now = utcnow()
-    ids = [str(ask.job_id) for ask in asks]
+    ids = _distinct([str(ask.job_id) for ask in asks])
     params = {
         "asks": _json(
             [
@@ -333,7 +347,7 @@ def complete_many(
         )
     params = {
         "asks": _json(values),
-        "ids": _array([str(ask.job_id) for ask in asks]),
+        "ids": _array(_distinct([str(ask.job_id) for ask in asks])),
         "attempt_ids": _array([str(ask.attempt_id) for ask in asks]),
         "events": _json(events),
         "worker": worker,
@@ -363,6 +377,14 @@ def _event_record(row: dict[str, Any], back: int) -> dict[str, Any]:
     record["at"] = row["at"].isoformat()
     record["back"] = back
     return record
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    """``ids``, which must not repeat: one statement cannot fence one row twice, and
+    each of two asks for one job would take the same answer."""
+    if len(set(ids)) != len(ids):
+        raise ValueError("two asks for one job in one statement")
+    return ids
 
 
 def _json(value: Any) -> str:
@@ -512,11 +534,17 @@ class StatementGroups(Generic[A, R]):
 
     def _failed(self, group: list[_Request[A, R]], exc: BaseException) -> BaseException | None:
         """Mark what each thread of a failed group does; return the error this thread
-        raises, if any (its own connection's, or its own statement's when alone)."""
+        raises, if any: its own connection's, an interrupt, or its own statement's
+        when it was alone.
+
+        A database error from the statement wrote nothing (each thread runs alone),
+        unless its connection died (what was written is unknown: each runs again as
+        after a lost reply). Any other error in a group may have come after the
+        statement committed: unknown too."""
         if isinstance(exc, DBAPIError):
             lost = exc.connection_invalidated
-        else:  # an interrupt raised into this thread (not an Exception): written or not
-            lost = not isinstance(exc, Exception)
+        else:
+            lost = len(group) > 1 or not isinstance(exc, Exception)
         if len(group) > 1:
             logger.warning(
                 "a group of %d %s failed (%s); each runs %s",
@@ -528,7 +556,9 @@ class StatementGroups(Generic[A, R]):
             )
         for request in group:
             request.lost, request.alone = lost, not lost
-        return exc if len(group) == 1 or lost else None
+        if len(group) == 1 or not isinstance(exc, Exception):
+            return exc
+        return exc if isinstance(exc, DBAPIError) and lost else None
 
     def _take(self) -> list[_Request[A, R]]:
         """The requests waiting, up to the group's size, at most one per key (the others

@@ -75,6 +75,9 @@ class WorkerRuntime:
     queue_backlog: Callable[[str], int | None] | None = None
     #: Default per-user cap on jobs in flight (0: none); see :mod:`errand_schema.flow`.
     max_in_flight_per_user: int = 3
+    #: Whether claims and completions will run in groups (:attr:`groups`, set after):
+    #: the held connections then plan without sequential scans.
+    group_statements: bool = False
     #: The usual claims and completions of this process's threads, run in groups
     #: (:mod:`errand_worker.grouped`; PostgreSQL). None: each thread runs its own.
     groups: "StepGroups | None" = None
@@ -87,7 +90,9 @@ class WorkerRuntime:
         # off, so that no plan of one (the grouped statements' above all, whose generic
         # plans a prepared statement keeps) reads a whole table that was small when the
         # plan was made (errand_worker.grouped).
-        settings = {"enable_seqscan": "off"} if self.one_statement else None
+        settings = (
+            {"enable_seqscan": "off"} if self.one_statement and self.group_statements else None
+        )
         self.held = HeldConnections(self.engine, settings=settings)
 
     @property

@@ -33,7 +33,7 @@ class WorkerSettings(CommonSettings):
     #: How often running steps' leases are renewed (and cancellations looked for).
     heartbeat_s: float = 1.0
     #: The usual claims (and completions) of a process's threads that wait at the same
-    #: time are written in one statement, up to this many (0: each thread its own; see
+    #: time are written in one statement, up to this many (0 or 1: each thread its own; see
     #: ``errand_worker.grouped``). PostgreSQL only.
     step_group_max: int = Field(default=16, ge=0)
     #: Messages prefetched per worker thread (small keeps priorities honoured).

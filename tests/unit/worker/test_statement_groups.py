@@ -227,3 +227,15 @@ def test_a_thread_interrupted_while_it_waits_passes_the_lead_on(statements: Stat
     assert other.join() == "c2:one"
     assert not groups.waiting()
     assert _ask(groups, ("d", 3)).join() == "d3:one"
+
+
+def test_an_error_after_a_group_statement_has_each_ask_run_again(statements: Statements) -> None:
+    """Not a database error: it may have come after the statement committed (reading
+    its rows), so what was written is unknown, for the leader too."""
+    statements.many_error = KeyError("attempt_id")
+    groups = _groups(statements)
+    first, (leader, other) = _queue(groups, statements, ("b", 1), ("c", 2))
+    statements.release.set()
+    first.join()
+    assert isinstance(leader.join(), ReplyLost)
+    assert isinstance(other.join(), ReplyLost)

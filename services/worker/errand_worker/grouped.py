@@ -24,11 +24,12 @@ takes the general path alone, as before. What a group shares:
   (or completions) of the process's other threads queue behind it meanwhile; without
   groups only the thread with that job waited. Locking the rows with ``SKIP LOCKED``
   instead cost more than the groups saved (a lock record per row; bench/HISTORY.md);
-- one failure: a statement that fails (a deadlock, a bad value) wrote nothing, and
-  every thread runs its own one-row statement instead, so one bad row fails alone;
-- one lost reply: when the connection died before the answer, nobody knows what was
-  written, and every thread runs its claim or completion again as after a lost reply
-  of its own (:class:`~errand_schema.db.ReplyLost`), which finds its own write.
+- one failure: a statement PostgreSQL refuses (a deadlock, a bad value) wrote nothing,
+  and every thread runs its own one-row statement instead, so one bad row fails alone;
+- one lost reply: when the connection died before the answer (or anything else failed
+  in the group, perhaps after the commit), nobody knows what was written, and every
+  thread runs its claim or completion again as after a lost reply of its own
+  (:class:`~errand_schema.db.ReplyLost`), which finds its own write.
 
 Two requests for the same job never share a statement (the second waits for the next
 group): one statement cannot fence the same row twice.
@@ -230,6 +231,11 @@ _CLAIM_MANY = _statement(_CLAIM_SQL, "asks", "ids", "worker", "actor")
 _COMPLETE_MANY = _statement(_COMPLETE_SQL, "asks", "ids", "attempt_ids", "events", "worker")
 
 
+class NothingWritten(Exception):
+    """A group's statement could not be built (a value that is not JSON, two asks for
+    one job): nothing was sent, and each ask runs alone."""
+
+
 @dataclass(frozen=True)
 class ClaimAsk:
     """A hinted claim (:func:`errand_worker.hotpath.claim_hinted`'s arguments)."""
@@ -264,7 +270,7 @@ def claim_many(
     is not as its message says (nothing written for it)."""
     now = utcnow()
     ids = _distinct([str(ask.job_id) for ask in asks])
-    params = {
+    params: dict[str, Any] = {
         "asks": _json(
             [
                 {
@@ -383,12 +389,15 @@ def _distinct(ids: list[str]) -> list[str]:
     """``ids``, which must not repeat: one statement cannot fence one row twice, and
     each of two asks for one job would take the same answer."""
     if len(set(ids)) != len(ids):
-        raise ValueError("two asks for one job in one statement")
+        raise NothingWritten("two asks for one job in one statement")
     return ids
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:  # an output that is not JSON
+        raise NothingWritten(str(exc)) from exc
 
 
 def _array(items: list[str]) -> str:
@@ -539,10 +548,13 @@ class StatementGroups(Generic[A, R]):
 
         A database error from the statement wrote nothing (each thread runs alone),
         unless its connection died (what was written is unknown: each runs again as
-        after a lost reply). Any other error in a group may have come after the
+        after a lost reply); so did a statement that could not be built
+        (:class:`NothingWritten`). Any other error in a group may have come after the
         statement committed: unknown too."""
         if isinstance(exc, DBAPIError):
             lost = exc.connection_invalidated
+        elif isinstance(exc, NothingWritten):
+            lost = False
         else:
             lost = len(group) > 1 or not isinstance(exc, Exception)
         if len(group) > 1:

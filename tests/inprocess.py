@@ -3,17 +3,38 @@
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
-from errand.dev import DevSystem
+from errand.dev import DevSystem, build_dev_system
 from errand_schema.models import JobAttempt, JobEvent, User
 
 from helpers import wait_for
+from resources import RUN_ID, fresh_database
+from unit_options import TEST_WORKER_OPTIONS
 
 FINAL = {"completed", "failed", "dead", "cancelled"}
+
+
+@contextmanager
+def pg_dev_system(home: Path, name: str, job_modules: list[str]) -> Iterator[DevSystem]:
+    """The in-process system (two worker threads, not started) on a PostgreSQL database
+    of its own named ``errand_<name>_...``, dropped afterwards."""
+    with fresh_database(f"errand_{name}_{RUN_ID}_{uuid.uuid4().hex[:8]}", migrate=False) as url:
+        system = build_dev_system(
+            home,
+            threads=2,
+            job_modules=job_modules,
+            worker_options=dict(TEST_WORKER_OPTIONS),
+            database_url=url,
+        )
+        try:
+            yield system
+        finally:
+            system.close()
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from hotpath_cases import (
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from errand.dev import DevSystem, build_dev_system
+from errand.dev import DevSystem
 from errand_api.routes import jobs as jobs_routes
 from errand_schema import flow
 from errand_schema.auth import create_user
@@ -35,9 +35,8 @@ from errand_worker import hotpath
 from errand_worker.hotpath import Completed
 
 from helpers import wait_for
-from inprocess import admin_client, cap_admin, events, submit, wait_status
+from inprocess import admin_client, cap_admin, events, pg_dev_system, submit, wait_status
 from resources import RUN_ID, fresh_database
-from unit_options import TEST_WORKER_OPTIONS
 
 pytestmark = pytest.mark.integration
 
@@ -45,19 +44,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
     """The in-process system on a PostgreSQL database of its own (dropped afterwards)."""
-    name = f"errand_hot_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with fresh_database(name, migrate=False) as database_url:
-        system = build_dev_system(
-            tmp_path / "dev",
-            threads=2,
-            job_modules=["sample_jobs", "flow_jobs"],
-            worker_options=dict(TEST_WORKER_OPTIONS),
-            database_url=database_url,
-        )
-        try:
-            yield system
-        finally:
-            system.close()
+    with pg_dev_system(tmp_path / "dev", "hot", ["sample_jobs", "flow_jobs"]) as system:
+        yield system
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
-from errand.dev import DevSystem, build_dev_system
+from errand.dev import DevSystem
 from errand_schema import flow
 from errand_schema.db import HeldConnections, Precompiled, create_db_engine
 from errand_schema.events import JobEventMessage
@@ -27,9 +27,8 @@ from errand_worker import grouped, hotpath, runner
 from errand_worker.grouped import StepGroups
 
 from helpers import wait_for
-from inprocess import admin_client, attempts, events, submit
+from inprocess import admin_client, attempts, events, pg_dev_system, submit
 from resources import RUN_ID, fresh_database
-from unit_options import TEST_WORKER_OPTIONS
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +41,8 @@ STEPS = 5
 def pg_system(tmp_path: Path) -> Iterator[DevSystem]:
     """The in-process system on a PostgreSQL database of its own (dropped afterwards);
     its worker threads never started: the tests run the steps themselves."""
-    name = f"errand_grp_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with fresh_database(name, migrate=False) as database_url:
-        system = build_dev_system(
-            tmp_path / "dev",
-            threads=2,
-            job_modules=["sample_jobs"],
-            worker_options=dict(TEST_WORKER_OPTIONS),
-            database_url=database_url,
-        )
-        try:
-            yield system
-        finally:
-            system.close()
+    with pg_dev_system(tmp_path / "dev", "grp", ["sample_jobs"]) as system:
+        yield system
 
 
 @pytest.fixture

@@ -290,27 +290,14 @@ def claim_many(
         "expires": now + timedelta(seconds=lease_s),
     }
     found = {row.id: row for row in _CLAIM_MANY.all(conn, params)}
-    taken: list[Taken | None] = []
-    for ask in asks:
-        row = found.get(ask.job_id)
-        if row is None:
-            taken.append(None)
-            continue
-        rows = hotpath.start_events(
-            ask.job_id,
-            was_status=row.was_status,
-            was_progress=row.was_progress,
-            was_step=row.was_step,
-            step=row.step,
-            index=ask.index,
-            attempt=ask.attempt,
-            worker=worker,
-            now=now,
+    return [
+        None
+        if (row := found.get(ask.job_id)) is None
+        else hotpath.taken_from(
+            row, ask.job_id, index=ask.index, attempt=ask.attempt, worker=worker, now=now
         )
-        hotpath.number(rows, row.seq)
-        outputs = {name: output for _, name, output in row.before or ()}
-        taken.append(Taken(row, int(row.attempt_id), rows, outputs))
-    return taken
+        for ask in asks
+    ]
 
 
 def complete_many(

@@ -518,6 +518,13 @@ def claim_hinted(
     found = _CLAIM_HINTED.first(conn, params)
     if found is None:
         return None
+    return taken_from(found, job_id, index=index, attempt=attempt, worker=worker, now=now)
+
+
+def taken_from(
+    found: Any, job_id: uuid.UUID, *, index: int, attempt: int, worker: str, now: datetime
+) -> Taken:
+    """The claim a hinted claim's row says was written (its events numbered)."""
     rows = start_events(
         job_id,
         was_status=found.was_status,

@@ -12,6 +12,7 @@ import pytest
 
 from bench import dbq
 from bench.infra import Resources, register_job_types, resources
+from bench.probe import Variant, run_variant, summarize
 from bench.procs import Group, group
 from bench.scenarios.drain import errand_drain
 from bench.scenarios.multistep import backlog_phase
@@ -97,3 +98,30 @@ def test_jobs_submitted_while_the_broker_is_cut_off_all_complete_once(fresh: Ben
     assert not row["timed_out"]
     assert row["lost"] == 0
     assert row["twice"] == 0
+
+
+def test_the_drain_probe_measures_each_variant_on_a_fresh_system(infra: Infra) -> None:
+    # The probe makes and removes its own resources for every run (no shared fixture)
+    variants = [Variant.parse("base"), Variant.parse("alone:ERRAND_STEP_GROUP_MAX=0")]
+    runs = [run_variant(v, 60, processes=1, threads=4) for v in variants]
+    for run, variant in zip(runs, variants, strict=True):
+        assert run["variant"] == variant.name
+        assert run["completed"] == 60
+        assert run["lost"] == 0
+        assert run["twice"] == 0
+        # 60 jobs drain in a moment: the steady part may hold none (its costs are then
+        # None), never more than the jobs between the first 15 and the last 15
+        assert 0 <= run["window_jobs"] <= 60
+        costs = [v for k, v in run.items() if k.endswith(("_ms", "_per_job"))]
+        assert len(costs) == 7
+        assert all(c is None if run["window_jobs"] == 0 else c >= 0 for c in costs)
+    means = summarize([*runs, {**runs[0], "jobs_s": 0.0}])
+    assert [(m["variant"], m["runs"]) for m in means] == [("base", 2), ("alone", 1)]
+    assert means[0]["jobs_s"] == round(runs[0]["jobs_s"] / 2, 3)
+
+
+def test_a_probe_variant_is_a_name_and_its_environment() -> None:
+    assert Variant.parse("base") == Variant("base", {})
+    assert Variant.parse("g:A=1,B=x=y") == Variant("g", {"A": "1", "B": "x=y"})
+    with pytest.raises(ValueError, match="not VAR=VALUE"):
+        Variant.parse("g:A")

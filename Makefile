@@ -55,8 +55,9 @@ clean:  ## Remove the dev database and caches
 BENCH = $(UV) run --group bench python -m bench
 BENCH_ARGS ?=
 SOAK_MINUTES ?= 30
+PROBE ?= base
 .PHONY: bench-install bench-enqueue bench-drain bench-multistep bench-latency bench-notifier \
-        bench-memory bench-recovery soak
+        bench-memory bench-recovery bench-probe soak
 
 # Compiled like `make install`: the scenarios start dozens of service processes.
 bench-install:
@@ -86,6 +87,9 @@ bench-memory: bench-install services  ## RSS of api, worker, notifier: idle and 
 
 bench-recovery: bench-install services  ## kill -9 mid-step; broker cut through a TCP proxy
 	$(BENCH) recovery $(BENCH_ARGS)
+
+bench-probe: bench-install services  ## Drain probe, worker settings alternated: PROBE="base a:VAR=1"
+	$(UV) run --group bench python -m bench.probe $(PROBE) $(BENCH_ARGS)
 
 soak: bench-install services  ## Mixed jobs at 100/s for SOAK_MINUTES (30); not in `make bench`
 	$(BENCH) soak --minutes $(SOAK_MINUTES) $(BENCH_ARGS)

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from errand_schema.auth import create_user
+from errand_schema.db import create_db_engine
 from errand_schema.models import JobType
 
 from helpers import (
@@ -61,6 +62,14 @@ def either_engine(request: pytest.FixtureRequest) -> Engine:
     name = "db_engine" if request.param == "postgresql" else "sqlite_engine"
     found: Engine = request.getfixturevalue(name)
     return found
+
+
+@pytest.fixture
+def pool_engine(postgres_database: str) -> Iterator[Engine]:
+    """A small engine of the test's own, on its own database."""
+    engine = create_db_engine(postgres_database, pool_size=2)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

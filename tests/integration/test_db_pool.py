@@ -92,14 +92,6 @@ def _held_pid(held: db.HeldConnections) -> int:
 
 
 @pytest.fixture
-def pool_engine(postgres_database: str) -> Iterator[Engine]:
-    """A small engine of the test's own."""
-    engine = db.create_db_engine(postgres_database, pool_size=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def held(pool_engine: Engine) -> Iterator[db.HeldConnections]:
     """Held connections of ``pool_engine``, closed after the test."""
     connections = db.HeldConnections(pool_engine)

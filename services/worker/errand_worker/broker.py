@@ -32,6 +32,7 @@ from errand_worker.metrics import serve_metrics
 from errand_worker.middleware.gc_freeze import FreezeAfterBoot
 from errand_worker.middleware.graceful_shutdown import GracefulShutdown
 from errand_worker.middleware.trace_context import TraceContext
+from errand_worker.middleware.warm_threads import WarmThreads
 from errand_worker.reconciler import Reconciler
 from errand_worker.registry import (
     BreakerPolicy,
@@ -255,6 +256,7 @@ def setup_worker(
         )
     )
     broker.add_middleware(FreezeAfterBoot())
+    broker.add_middleware(WarmThreads(runtime.held))
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
 

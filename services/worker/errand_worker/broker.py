@@ -256,7 +256,9 @@ def setup_worker(
         )
     )
     broker.add_middleware(FreezeAfterBoot())
-    broker.add_middleware(WarmThreads(runtime.held))
+    # Held connections serve the one-statement claims and completions (PostgreSQL);
+    # on SQLite a kept connection per thread would only take the dev pool's room.
+    broker.add_middleware(WarmThreads(runtime.held if runtime.one_statement else None))
     queues = sorted(set(settings.queues) | registry.queues())
     declare_step_actors(broker, runtime, queues)
 

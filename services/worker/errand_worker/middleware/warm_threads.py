@@ -23,18 +23,29 @@ class WarmThreads(dramatiq.Middleware):
     the thread itself (Dramatiq's ``after_worker_thread_boot``), before it runs a step.
     A connection that fails to open is logged and left to the first step, which opens
     it as before.
+
+    RabbitMQ closes a connection that sends no heartbeat for its heartbeat timeout (60
+    s by default), and a pika blocking connection sends them only while its thread is
+    in a pika call: a thread idle that long finds its connection closed and Dramatiq
+    opens a new one on its next send (it retries a send on a closed connection), as
+    before this middleware; only the first minute after a start is spared.
     """
 
-    def __init__(self, held: HeldConnections) -> None:
+    def __init__(self, held: HeldConnections | None) -> None:
+        """``held``: the threads' kept database connections, or None where the steps do
+        not use them (SQLite runs its claims in transactions of a pooled connection)."""
         self._held = held
 
     def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
         """Open this thread's held database connection and its publishing channel."""
-        try:
-            with self._held.use() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:  # a boot step must not stop the thread: its first step retries
-            logger.warning("could not open a worker thread's database connection", exc_info=True)
+        if self._held is not None:
+            try:
+                with self._held.use() as conn:
+                    conn.execute(text("SELECT 1")).scalar_one()
+            except Exception:  # a boot step must not stop the thread: its first step retries
+                logger.warning(
+                    "could not open a worker thread's database connection", exc_info=True
+                )
         if isinstance(broker, RabbitmqBroker):
             try:
                 _ = broker.channel  # this thread's connection and channel (thread-local)

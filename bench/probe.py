@@ -9,8 +9,9 @@ environment. Beside jobs/s (the scenario's own measure: first start to last fini
 each run reports the cost per job over its steady part (after the first
 :data:`WARM` jobs, until :data:`TAIL` are left): the CPU of the worker processes (user
 and system), of every PostgreSQL process, of RabbitMQ and of Redis, the transactions
-committed in the run's database (PostgreSQL counts them up to a second late) and the
-commands Redis ran (a script's own commands included). CPU per job moves less
+committed in the run's database (PostgreSQL counts them up to a second late; the
+probe's own polling adds about eight a second) and the commands the Redis server ran
+(a script's own commands included, and any other client's). CPU per job moves less
 with the machine than jobs/s does, and the counts not at all.
 
 A variant is ``NAME`` (the defaults) or ``NAME:VAR=VALUE[,VAR=VALUE...]``, for
@@ -79,13 +80,21 @@ def _cpu(procs: Iterable[psutil.Process]) -> tuple[float, float]:
     return user, system
 
 
-def _servers() -> dict[str, list[psutil.Process]]:
-    found: dict[str, list[psutil.Process]] = {key: [] for key in SERVERS}
+def _servers() -> dict[str, dict[int, float]]:
+    """Each server's processes (PostgreSQL's backends come and go) and their CPU
+    seconds, by pid."""
+    found: dict[str, dict[int, float]] = {key: {} for key in SERVERS}
     for proc in psutil.process_iter(["name"]):
         for key, name in SERVERS.items():
             if proc.info["name"] == name:
-                found[key].append(proc)
+                found[key][proc.pid] = sum(_cpu([proc]))
     return found
+
+
+def _grown(first: dict[int, float], last: dict[int, float]) -> float:
+    """CPU seconds the processes alive at the last reading spent since the first (one
+    started meanwhile: all of its own; one that ended meanwhile counts nothing)."""
+    return sum(cpu - first.get(pid, 0.0) for pid, cpu in last.items())
 
 
 @dataclass
@@ -94,13 +103,13 @@ class _Reading:
 
     final: int
     worker: tuple[float, float]
-    servers: dict[str, float]
+    servers: dict[str, dict[int, float]]
     commits: int
     redis_commands: int
 
     @classmethod
     def take(cls, res: Resources, worker: list[psutil.Process], client: redis.Redis) -> "_Reading":
-        servers = {key: sum(_cpu(procs)) for key, procs in _servers().items()}
+        servers = _servers()
         rows = res.sql(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         )
@@ -131,12 +140,12 @@ def run_variant(variant: Variant, n: int, processes: int, threads: int) -> dict[
         client = redis.Redis.from_url(REDIS_URL)
         try:
             warm, tail = min(WARM, n // 4), min(TAIL, n // 4)
-            dbq.wait_final(res, warm, DRAIN_CAP_S)
+            drained = dbq.wait_final(res, warm, DRAIN_CAP_S)
             family = [psutil.Process(pid) for pid in worker.pids()]
             first = _Reading.take(res, family, client)
-            dbq.wait_final(res, len(ids) - tail, DRAIN_CAP_S)
+            drained = drained and dbq.wait_final(res, len(ids) - tail, DRAIN_CAP_S)
             last = _Reading.take(res, family, client)
-            dbq.wait_final(res, len(ids), DRAIN_CAP_S)
+            drained = drained and dbq.wait_final(res, len(ids), DRAIN_CAP_S)
         finally:
             client.close()
         worker.stop()
@@ -154,28 +163,37 @@ def run_variant(variant: Variant, n: int, processes: int, threads: int) -> dict[
             "lost": dbq.not_completed(res, ids),
             "twice": dbq.completed_twice(res),
             "submit_errors": errors,
+            "timed_out": not drained,
             "window_jobs": jobs,
             "worker_user_ms": per_job(last.worker[0] - first.worker[0]),
             "worker_sys_ms": per_job(last.worker[1] - first.worker[1]),
-            **{f"{key}_ms": per_job(last.servers[key] - first.servers[key]) for key in SERVERS},
+            **{
+                f"{key}_ms": per_job(_grown(first.servers[key], last.servers[key]))
+                for key in SERVERS
+            },
             "commits_per_job": per_job(last.commits - first.commits, 1.0),
             "redis_commands_per_job": per_job(last.redis_commands - first.redis_commands, 1.0),
         }
 
 
+def failed(run: dict[str, Any]) -> bool:
+    """A run that lost or repeated a job, could not submit them all, or did not drain."""
+    return bool(run["lost"] or run["twice"] or run["submit_errors"] or run["timed_out"])
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each variant's means over its runs (numbers only), in the order first seen."""
+    """Each variant's means over its runs that did not fail (numbers only), in the
+    order first seen; ``failed`` counts the others."""
     names = list(dict.fromkeys(run["variant"] for run in runs))
+    fields = list(dict.fromkeys(f for run in runs for f, v in run.items() if isinstance(v, float)))
     means = []
     for name in names:
         mine = [run for run in runs if run["variant"] == name]
-        row: dict[str, Any] = {"variant": name, "runs": len(mine)}
-        for field, value in mine[0].items():
-            if isinstance(value, float):
-                values = [run[field] for run in mine if run[field] is not None]
-                row[field] = round(sum(values) / len(values), 3) if values else None
-        row["lost"] = sum(run["lost"] for run in mine)
-        row["twice"] = sum(run["twice"] for run in mine)
+        good = [run for run in mine if not failed(run)]
+        row: dict[str, Any] = {"variant": name, "runs": len(good), "failed": len(mine) - len(good)}
+        for field in fields:
+            values = [run[field] for run in good if run.get(field) is not None]
+            row[field] = round(sum(values) / len(values), 3) if values else None
         means.append(row)
     return means
 
@@ -191,21 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = [Variant.parse(text) for text in args.variants]
     runs: list[dict[str, Any]] = []
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"probe-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for round_no in range(args.rounds):
         for variant in variants:
             run = run_variant(variant, args.n, args.processes, args.threads)
             run["round"] = round_no + 1
             runs.append(run)
             print(json.dumps(run), flush=True)
+            # Kept run by run: a probe stopped half way keeps what it measured
+            out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
     means = summarize(runs)
-    print("\nmeans per variant:")
+    print("\nmeans per variant (runs that failed left out):")
     for row in means:
         print(json.dumps(row))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"probe-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"args": vars(args), "runs": runs, "means": means}, indent=2))
     print(f"written: {out}", file=sys.stderr)
-    return 0 if all(row["lost"] == 0 and row["twice"] == 0 for row in means) else 1
+    return 1 if any(failed(run) for run in runs) else 0
 
 
 if __name__ == "__main__":

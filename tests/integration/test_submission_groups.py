@@ -5,6 +5,7 @@ refused token, a failed group statement or a broker away touches only what it mu
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import json
 import threading
@@ -16,6 +17,10 @@ from typing import Any
 import pika
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pika.adapters.blocking_connection import BlockingChannel
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import Engine, text
@@ -23,15 +28,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from errand_api import grouped, hotpath
+from errand_api import publisher as publisher_module
 from errand_api.errors import ShuttingDown
 from errand_api.grouped import SubmissionGroups
 from errand_api.main import create_app
-from errand_api.publisher import GroupPublisher
+from errand_api.publisher import GroupPublisher, build_broker
 from errand_api.schemas import JobCreate
 from errand_api.settings import ApiSettings
 from errand_schema.auth import CallerLimits, Principal, authenticate, create_user
 from errand_schema.events import STREAM_FIELD, stream_key
 from errand_schema.logging import log_context
+from errand_schema.messages import TRACE_OPTION, RunJobStep
 from errand_schema.models import JobType, Pause
 
 from helpers import Infra, LostReply, wait_for
@@ -690,3 +697,78 @@ def test_a_message_the_broker_returns_unadmits_its_job(
     again = client.post("/v1/jobs", json={"type": job_type}, headers=headers)
     assert again.status_code == 202
     assert _queued_ids(infra, queue) == [again.json()["id"]]
+
+
+def test_a_groups_messages_go_out_in_one_write_and_each_arrives(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's messages wait in the channel's buffer and ``tx_commit`` writes them
+    with itself: one blocking flush for the group, not one per message (the blocking
+    channel's ``basic_publish`` flushed after each)."""
+    broker = build_broker(infra.rabbitmq_url)
+    publisher = GroupPublisher(broker)
+    queue = f"q-one-write-{uuid.uuid4().hex[:8]}"
+    flushes: list[int] = []
+    real_flush = BlockingChannel._flush_output
+
+    def counted(self: BlockingChannel, *waiters: Any) -> None:
+        flushes.append(1)
+        real_flush(self, *waiters)
+
+    jobs = [uuid.uuid4() for _ in range(5)]
+    messages = [
+        (RunJobStep(job_id=j, step_index=0, attempt=1), queue, "normal", contextvars.copy_context())
+        for j in jobs
+    ]
+    try:
+        publisher.publish(messages[:1])  # opens the channel and declares the queue
+        monkeypatch.setattr(BlockingChannel, "_flush_output", counted)
+        assert publisher.publish(messages[1:]) == [True] * 4
+        monkeypatch.undo()
+        assert len(flushes) == 1  # tx_commit's, which wrote the four messages first
+        assert _queued_ids(infra, queue) == [str(j) for j in jobs]
+    finally:
+        publisher.close()
+        broker.close()
+
+
+def test_with_tracing_on_each_grouped_message_carries_its_own_enqueue_span(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A provider of the test's own: the process's global one can be set only once
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(publisher_module, "tracing_enabled", lambda: True)
+    monkeypatch.setattr(publisher_module, "tracer", lambda: provider.get_tracer("test"))
+    broker = build_broker(infra.rabbitmq_url)
+    publisher = GroupPublisher(broker)
+    queue = f"q-traced-{uuid.uuid4().hex[:8]}"
+    jobs = [uuid.uuid4() for _ in range(2)]
+    messages = [
+        (RunJobStep(job_id=j, step_index=0, attempt=1), queue, "normal", contextvars.copy_context())
+        for j in jobs
+    ]
+    try:
+        assert publisher.publish(messages) == [True, True]
+    finally:
+        publisher.close()
+        broker.close()
+    spans = {
+        s.attributes["errand.job.id"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "errand.enqueue" and s.attributes is not None
+    }
+    assert set(spans) == {str(j) for j in jobs}
+    carried = {}
+    connection = pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url))
+    try:
+        channel = connection.channel()
+        while (got := channel.basic_get(queue, auto_ack=True))[0] is not None:
+            body = json.loads(got[2])
+            carried[body["args"][0]["job_id"]] = body["options"][TRACE_OPTION]["traceparent"]
+    finally:
+        connection.close()
+    for job_id, span in spans.items():
+        assert span.context is not None
+        assert carried[job_id].split("-")[2] == format(span.context.span_id, "016x")

@@ -699,12 +699,12 @@ def test_a_message_the_broker_returns_unadmits_its_job(
     assert _queued_ids(infra, queue) == [again.json()["id"]]
 
 
-def test_a_groups_messages_go_out_in_one_write_and_each_arrives(
+def test_a_groups_messages_go_out_in_one_flush_and_each_arrives(
     infra: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The group's messages wait in the channel's buffer and ``tx_commit`` writes them
-    with itself: one blocking flush for the group, not one per message (the blocking
-    channel's ``basic_publish`` flushed after each)."""
+    with itself: one blocking flush of the socket for the group, not one per message
+    (the blocking channel's ``basic_publish`` flushed after each)."""
     broker = build_broker(infra.rabbitmq_url)
     publisher = GroupPublisher(broker)
     queue = f"q-one-write-{uuid.uuid4().hex[:8]}"
@@ -772,3 +772,37 @@ def test_with_tracing_on_each_grouped_message_carries_its_own_enqueue_span(
     for job_id, span in spans.items():
         assert span.context is not None
         assert carried[job_id].split("-")[2] == format(span.context.span_id, "016x")
+
+
+def test_in_a_buffered_group_only_the_unroutable_message_is_reported(infra: Infra) -> None:
+    """A queue deleted behind the publisher's back (it declared it before): in a group
+    of three, the middle message comes back as unroutable before the commit's answer,
+    and only it is reported as not taken."""
+    broker = build_broker(infra.rabbitmq_url)
+    publisher = GroupPublisher(broker)
+    kept, gone = (f"q-{name}-{uuid.uuid4().hex[:8]}" for name in ("kept", "gone"))
+
+    def group(*queues: str) -> list[Any]:
+        return [
+            (
+                RunJobStep(job_id=uuid.uuid4(), step_index=0, attempt=1),
+                queue,
+                "normal",
+                contextvars.copy_context(),
+            )
+            for queue in queues
+        ]
+
+    try:
+        assert publisher.publish(group(kept, gone)) == [True, True]  # both declared
+        connection = pika.BlockingConnection(pika.URLParameters(infra.rabbitmq_url))
+        try:
+            connection.channel().queue_delete(gone)
+        finally:
+            connection.close()
+        messages = group(kept, gone, kept)
+        assert publisher.publish(messages) == [True, False, True]
+    finally:
+        publisher.close()
+        broker.close()
+    assert _queued_ids(infra, kept)[1:] == [str(messages[0][0].job_id), str(messages[2][0].job_id)]

@@ -1,5 +1,6 @@
 """Fixtures that run Errand's services as real processes on this run's resources."""
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from sqlmodel import Session, select
 from errand_schema.auth import create_user
 from errand_schema.db import create_db_engine
 from errand_schema.models import JobType
+from errand_worker.consumer import ErrandRabbitmqBroker
 
 from helpers import (
     Infra,
@@ -20,7 +22,7 @@ from helpers import (
     wait_for,
     wait_http_ok,
 )
-from resources import engine_on, service_starter
+from resources import RUN_ID, engine_on, fresh_database, service_starter
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +72,26 @@ def pool_engine(postgres_database: str) -> Iterator[Engine]:
     engine = create_db_engine(postgres_database, pool_size=2)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def unanalyzed_db() -> Iterator[Engine]:
+    """A migrated PostgreSQL database of its own whose tables were never analyzed (as a
+    new server's, or any with autovacuum off); dropped after."""
+    with fresh_database(f"errand_plan_{RUN_ID}_{uuid.uuid4().hex[:8]}") as database_url:
+        engine = create_db_engine(database_url, pool_size=1)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def broker(rabbitmq_vhost: str) -> Iterator[ErrandRabbitmqBroker]:
+    """The worker's RabbitMQ broker (batched acks) on this run's vhost, no middleware."""
+    broker = ErrandRabbitmqBroker(url=rabbitmq_vhost, confirm_delivery=True, middleware=[])
+    yield broker
+    broker.close()
 
 
 @pytest.fixture(scope="session")

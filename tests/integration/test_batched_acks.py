@@ -4,7 +4,6 @@ is settled as Dramatiq said (errand_worker.consumer), on a real RabbitMQ."""
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -13,13 +12,6 @@ import pytest
 from errand_worker.consumer import BatchedAckConsumer, ErrandRabbitmqBroker
 
 from helpers import wait_for
-
-
-@pytest.fixture
-def broker(rabbitmq_vhost: str) -> Iterator[ErrandRabbitmqBroker]:
-    broker = ErrandRabbitmqBroker(url=rabbitmq_vhost, confirm_delivery=True, middleware=[])
-    yield broker
-    broker.close()
 
 
 def _fill(broker: ErrandRabbitmqBroker, queue: str, n: int) -> None:

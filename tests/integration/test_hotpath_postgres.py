@@ -27,7 +27,7 @@ from errand.dev import DevSystem
 from errand_api.routes import jobs as jobs_routes
 from errand_schema import flow
 from errand_schema.auth import create_user
-from errand_schema.db import Precompiled, create_db_engine
+from errand_schema.db import Precompiled
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobAttempt, JobStep, User
 from errand_schema.states import JobStatus
@@ -36,7 +36,6 @@ from errand_worker.hotpath import Completed
 
 from helpers import wait_for
 from inprocess import admin_client, cap_admin, events, pg_dev_system, submit, wait_status
-from resources import RUN_ID, fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -353,18 +352,6 @@ def test_a_message_sent_before_its_queue_was_paused_is_not_claimed_until_resumed
     assert pg_client.post("/v1/admin/resume", json={"queue": "flow"}).status_code == 200
     assert wait_status(pg_client, job_id)["status"] == "completed"
     assert used["hinted"] == 1
-
-
-@pytest.fixture
-def unanalyzed_db() -> Iterator[Engine]:
-    """A migrated PostgreSQL database of its own whose tables were never analyzed (as a
-    server with autovacuum off, or any server before its first analyze); dropped after."""
-    with fresh_database(f"errand_plan_{RUN_ID}_{uuid.uuid4().hex[:8]}") as database_url:
-        engine = create_db_engine(database_url, pool_size=1)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
 
 
 def _jobs_indexes(engine: Engine, statement: object, params: dict[str, object]) -> set[str]:

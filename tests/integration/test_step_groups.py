@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from errand.dev import DevSystem
 from errand_schema import flow
-from errand_schema.db import HeldConnections, Precompiled, create_db_engine
+from errand_schema.db import HeldConnections, Precompiled
 from errand_schema.events import JobEventMessage
 from errand_schema.messages import RunJobStep
 from errand_schema.models import Job, JobStep
@@ -28,7 +28,6 @@ from errand_worker.grouped import StepGroups
 
 from helpers import wait_for
 from inprocess import admin_client, attempts, events, pg_dev_system, submit
-from resources import RUN_ID, fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -303,18 +302,6 @@ def test_a_worker_drains_many_jobs_with_groups_nothing_lost_nothing_twice(
     with Session(pg_system.engine) as s:
         steps = s.exec(select(JobStep.status)).all()
     assert set(steps) == {"completed"}
-
-
-@pytest.fixture
-def unanalyzed_db() -> Iterator[Engine]:
-    """A migrated PostgreSQL database of its own, empty and never analyzed (as a new
-    server's, or any with autovacuum off); dropped after."""
-    with fresh_database(f"errand_gplan_{RUN_ID}_{uuid.uuid4().hex[:8]}") as database_url:
-        engine = create_db_engine(database_url, pool_size=1)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
 
 
 def _plan(engine: Engine, statement: Precompiled, params: dict[str, Any]) -> str:

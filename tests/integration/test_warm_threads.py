@@ -2,7 +2,7 @@
 channel when it starts (errand_worker.middleware.warm_threads), on the real services."""
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,6 @@ from inprocess import pg_dev_system
 from unit_options import TEST_WORKER_OPTIONS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(rabbitmq_vhost: str) -> Iterator[ErrandRabbitmqBroker]:
-    broker = ErrandRabbitmqBroker(url=rabbitmq_vhost, confirm_delivery=True, middleware=[])
-    yield broker
-    broker.close()
 
 
 def _in_thread(work: Callable[[], Any]) -> Any:

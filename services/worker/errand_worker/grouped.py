@@ -479,13 +479,19 @@ class StatementGroups(Generic[A, R]):
             if not request.lead:
                 return
             request.lead = False
-            after = self._waiting[0] if self._waiting else None
-            if after is None:
-                self._busy = False
-            else:
-                after.lead = True
+            after = self._next_leader()
         if after is not None:
             after.ready.set()
+
+    def _next_leader(self) -> _Request[A, R] | None:
+        """The first request waiting, made the leader (the caller holds the lock and
+        wakes it after); None when nobody waits: the group is idle."""
+        after = self._waiting[0] if self._waiting else None
+        if after is None:
+            self._busy = False
+        else:
+            after.lead = True
+        return after
 
     def _answer(self, conn: Connection, request: _Request[A, R]) -> R:
         if request.lost:
@@ -578,11 +584,7 @@ class StatementGroups(Generic[A, R]):
 
     def _pass_lead(self, group: list[_Request[A, R]]) -> None:
         with self._lock:
-            after = self._waiting[0] if self._waiting else None
-            if after is None:
-                self._busy = False
-            else:
-                after.lead = True
+            after = self._next_leader()
         if after is not None:
             after.ready.set()
         for request in group:

@@ -258,7 +258,11 @@ def serve() -> None:
     import uvicorn  # local: only the process entry point needs the server
 
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_logging(
+        settings.log_level,
+        json_lines=settings.log_json,
+        flush_interval_s=settings.log_flush_interval_s,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -119,7 +119,11 @@ class _DrainingServer(uvicorn.Server):
 def serve() -> None:
     """Run the notifier under uvicorn with settings from the environment."""
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_logging(
+        settings.log_level,
+        json_lines=settings.log_json,
+        flush_interval_s=settings.log_flush_interval_s,
+    )
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
     _DrainingServer(config, hub_of(app.engineio_server), settings.shutdown_drain_s).run()

@@ -4,9 +4,11 @@ Context (request id, job id, step, attempt) travels in :data:`log_context` and i
 to every record by :class:`ContextFilter`.
 """
 
+import contextlib
 import json
 import logging
 import logging.config
+import signal
 import sys
 import threading
 from contextvars import ContextVar
@@ -113,7 +115,8 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._lines.append(line)
         self._size += len(line)
-        if record.levelno >= self.flush_level or self._size >= self.max_bytes:
+        urgent = record.levelno >= self.flush_level or self._size >= self.max_bytes
+        if urgent or self._stopping.is_set():  # closed: no flusher writes it later
             try:
                 self.flush()
             except Exception:  # a closed or broken stream: reported as StreamHandler does
@@ -147,6 +150,29 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
             except Exception:  # a closed or broken stream: reported, the lines dropped
                 self.handleError(logging.makeLogRecord({"msg": "log lines lost"}))
+
+
+def flush_logs_on_sigterm() -> None:
+    """Make SIGTERM write the waiting log lines before it ends the process (call from
+    the main thread, before uvicorn starts).
+
+    uvicorn catches SIGTERM for its graceful shutdown, then puts back the handler it
+    found and raises the signal again: with the default one the process ends there,
+    before the exit's :func:`logging.shutdown`, and a :class:`BufferedStreamHandler`
+    would lose the shutdown's own lines. This handler writes them, then ends the
+    process as the default would (status 143). A handler set by someone else is left.
+    """
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def flush_then_die(signum: int, _frame: Any) -> None:
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):  # dying anyway: write what can be
+                handler.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, flush_then_die)
 
 
 def configure_logging(

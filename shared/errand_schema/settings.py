@@ -43,8 +43,9 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: JSON log lines (containers) instead of text (a terminal).
     log_json: bool = False
-    #: The API's and the notifier's lines below WARNING are written in batches at most
-    #: this often (0: each at once; see errand_schema.logging.BufferedStreamHandler).
+    #: The API's and the notifier's lines below WARNING are written in batches, at most
+    #: this long after they are logged (0: each at once; see
+    #: errand_schema.logging.BufferedStreamHandler).
     log_flush_interval_s: float = Field(default=0.1, ge=0, le=5)
     #: True in ``errand dev``: placeholders are allowed.
     dev_mode: bool = False

@@ -57,7 +57,7 @@ from errand_schema.db import create_db_engine, warn_about_server
 from errand_schema.estimates import Estimator
 from errand_schema.events import SharedEventPublisher
 from errand_schema.jwt_auth import JwtVerifier
-from errand_schema.logging import configure_logging, log_context
+from errand_schema.logging import configure_logging, flush_logs_on_sigterm, log_context
 from errand_schema.masking import configure_masking
 from errand_schema.redis_guard import guarded_redis
 from errand_schema.telemetry import configure_tracing, instrument_clients
@@ -263,6 +263,7 @@ def serve() -> None:
         json_lines=settings.log_json,
         flush_interval_s=settings.log_flush_interval_s,
     )
+    flush_logs_on_sigterm()  # uvicorn's shutdown lines are written before it exits
     uvicorn.run(
         create_app(settings),
         host=settings.host,

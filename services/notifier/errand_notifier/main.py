@@ -22,7 +22,7 @@ from errand_notifier.settings import NotifierSettings, get_settings
 from errand_notifier.store import Store
 from errand_schema.db import create_db_engine
 from errand_schema.health import readiness
-from errand_schema.logging import configure_logging
+from errand_schema.logging import configure_logging, flush_logs_on_sigterm
 
 
 def create_app(
@@ -124,6 +124,7 @@ def serve() -> None:
         json_lines=settings.log_json,
         flush_interval_s=settings.log_flush_interval_s,
     )
+    flush_logs_on_sigterm()  # uvicorn's shutdown lines are written before it exits
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
     _DrainingServer(config, hub_of(app.engineio_server), settings.shutdown_drain_s).run()

@@ -1,6 +1,7 @@
 """The log handler that writes its lines in batches (errand_schema.logging)."""
 
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -66,13 +67,11 @@ def test_waiting_lines_are_written_together_within_the_interval(
 ) -> None:
     logger, stream, handler = logged
     handler.flush_interval_s = 0.05
-    logger.info("before the flusher wakes")  # the flusher still waits its hour
-    handler.flush()
-    assert stream.writes == ["INFO before the flusher wakes\n"]
-    for n in range(3):
-        logger.info("line %d", n)
+    with handler.lock:  # type: ignore[union-attr]  # the flusher cannot take part of them
+        for n in range(3):
+            logger.info("line %d", n)
     wait_for(lambda: "line 2" in stream.text(), 10, 0.01, what="the timed flush")
-    assert stream.writes[1:] == ["INFO line 0\nINFO line 1\nINFO line 2\n"]
+    assert stream.writes == ["INFO line 0\nINFO line 1\nINFO line 2\n"]
 
 
 def test_a_full_buffer_is_written_at_once(
@@ -97,6 +96,16 @@ def test_close_writes_what_waits_and_stops_the_flusher(
     assert stream.writes == ["INFO last words\n"]
     handler._flusher.join(10)
     assert not handler._flusher.is_alive()
+
+
+def test_a_line_logged_after_close_is_written_at_once(
+    logged: tuple[logging.Logger, Recorder, BufferedStreamHandler],
+) -> None:
+    """After close (the exit's logging.shutdown) no flusher is left to write it later."""
+    logger, stream, handler = logged
+    handler.close()
+    logger.info("a daemon thread's last word")
+    assert stream.writes == ["INFO a daemon thread's last word\n"]
 
 
 def test_a_broken_stream_is_reported_not_raised(
@@ -129,7 +138,24 @@ def test_a_normal_exit_writes_the_waiting_lines() -> None:
     assert "written at exit" in out.stdout
 
 
-def test_configure_logging_buffers_unless_told_not_to() -> None:
+def test_sigterm_writes_the_waiting_lines_then_ends_the_process() -> None:
+    """As uvicorn leaves it: SIGTERM raised again after its graceful shutdown."""
+    code = (
+        "import logging, os, signal\n"
+        "from errand_schema.logging import configure_logging, flush_logs_on_sigterm\n"
+        "configure_logging('INFO', flush_interval_s=30)\n"
+        "flush_logs_on_sigterm()\n"
+        "logging.getLogger('errand.term').info('finished server process')\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "raise SystemExit('still alive after SIGTERM')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGTERM, out.stderr
+    assert "finished server process" in out.stdout
+
+
+def test_configure_logging_buffers_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # as under a pipe, even at -s
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:

@@ -76,7 +76,8 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     of its thread's time; in batches, 53 and 55. The price: a process killed outright
     (``kill -9``, the OOM killer) loses the lines below ``WARNING`` of its last
     interval; a line at ``WARNING`` or above is written before the call that logged it
-    returns, and a normal exit writes what waits (:func:`logging.shutdown`). zap's
+    returns, and a normal exit (:func:`logging.shutdown`) or SIGTERM
+    (:func:`flush_logs_on_sigterm`) writes what waits. zap's
     buffered writer and logback's asynchronous appender make the same trade.
 
     For the API and the notifier, which write to their standard output and do not

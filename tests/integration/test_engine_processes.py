@@ -570,3 +570,21 @@ def test_a_worker_stopped_with_sigterm_hands_its_running_step_back_and_exits(
     ]
     assert "stalled" not in event_types_of(db_engine, job_id)
     assert marker_lines(tmp_path, job_id).count("s1:1") == 1
+
+
+def test_a_stopped_worker_removes_the_metrics_folder_it_made(
+    start_worker: WorkerFactory,
+) -> None:
+    """Each ``errand worker`` start makes a fresh Prometheus multiprocess folder; a
+    SIGTERM stop removes it (restarts used to leave one each in the temporary folder)."""
+    worker = start_worker("metrics-folder")
+    wait_worker_ready(worker)
+    environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
+    folders = [v.split(b"=", 1)[1] for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    assert len(folders) == 1
+    folder = Path(folders[0].decode())
+    assert folder.name.startswith("errand-metrics-")
+    assert folder.is_dir()
+    worker.stop()
+    assert worker.proc.returncode == 0, worker.log()[-2000:]
+    assert not folder.exists()

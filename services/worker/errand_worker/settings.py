@@ -114,6 +114,10 @@ def per_process(settings: WorkerSettings) -> WorkerSettings:
     return settings.model_copy(update={"worker_name": name})
 
 
+#: The metrics folder ``errand worker`` made for this run (removed when it ends).
+OWN_METRICS_DIR = "ERRAND_OWN_METRICS_DIR"
+
+
 def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
     """Return the environment the Dramatiq CLI runs with (``errand worker``).
 
@@ -122,6 +126,8 @@ def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
     """
     env = dict(os.environ)
     env["dramatiq_queue_prefetch"] = str(max(1, settings.threads * settings.prefetch_per_thread))
-    # Worker processes add up their metrics in a fresh folder of this run.
-    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="errand-metrics-")
+    # Worker processes add up their metrics in a fresh folder of this run, which the
+    # main process removes when Dramatiq ends (errand_worker.supervisor).
+    folder = tempfile.mkdtemp(prefix="errand-metrics-")
+    env["PROMETHEUS_MULTIPROC_DIR"] = env[OWN_METRICS_DIR] = folder
     return env

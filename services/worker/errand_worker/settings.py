@@ -131,3 +131,10 @@ def dramatiq_environment(settings: WorkerSettings) -> dict[str, str]:
     folder = tempfile.mkdtemp(prefix="errand-metrics-")
     env["PROMETHEUS_MULTIPROC_DIR"] = env[OWN_METRICS_DIR] = folder
     return env
+
+
+def own_metrics_dir() -> str | None:
+    """The metrics folder ``errand worker`` made for this run (see
+    :func:`dramatiq_environment`), None for one set by hand or none at all."""
+    folder = os.environ.get(OWN_METRICS_DIR)
+    return folder if folder and folder == os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None

@@ -5,14 +5,13 @@ here and in :mod:`errand_worker.boot`, so every line is JSON when ``ERRAND_LOG_J
 is set, the main process's included.
 """
 
-import os
 import shutil
 import sys
 
 from dramatiq.cli import main as dramatiq_main
 
 from errand_schema.logging import configure_logging
-from errand_worker.settings import OWN_METRICS_DIR, get_settings
+from errand_worker.settings import get_settings, own_metrics_dir
 
 
 def run() -> None:
@@ -22,13 +21,13 @@ def run() -> None:
     folder; a main process killed outright still leaves its own)."""
     settings = get_settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    folder = os.environ.get(OWN_METRICS_DIR)
+    folder = own_metrics_dir()
     try:
         code = dramatiq_main()  # type: ignore[no-untyped-call]
     finally:
         # Only the main process gets here: Dramatiq's forked worker processes end
-        # with os._exit. Only the folder made for this run, not one set by hand.
-        if folder and folder == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # with os._exit.
+        if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
     sys.exit(code)
 

@@ -10,7 +10,7 @@ import traceback
 
 import psutil
 
-from bench.report import Result, render, save, table, target_rows
+from bench.report import Result, machine, render, save, table, target_rows
 
 #: A scenario after another starts once the CPUs are at most this busy (percent over a
 #: second), or after :data:`QUIET_WAIT_S`: the previous one's processes wind down, and
@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     crashed: list[str] = []
     started = time.monotonic()
+    # The host can change between runs (a VM): name it above the tables, not only in
+    # the JSON, so a pasted table carries it.
+    m = machine()
+    print(
+        f"machine: {m['cpu_model']}, {m['nproc']} CPUs, {m['memory_gib']} GiB, "
+        f"Python {m['python']}, Linux {m['kernel']}, commit {m['git']}",
+        flush=True,
+    )
     for i, name in enumerate(names):
         print(f"== {name}", file=sys.stderr, flush=True)
         quiet = wait_quiet() if i else None

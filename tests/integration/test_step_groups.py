@@ -79,6 +79,10 @@ class Rounds:
         self.system = system
         self.armed: dict[str, bool] = {}
         groups = _groups(system)
+        # The rounds need their first thread to run alone at once: no gathering of the
+        # other busy threads' asks (tests/unit/worker/test_statement_groups.py has it).
+        monkeypatch.setattr(groups.claims, "_gather_s", 0.0)
+        monkeypatch.setattr(groups.completions, "_gather_s", 0.0)
         claims = self._held("claims", hotpath.claim_hinted, groups.claims, None)
         completions = self._held("completions", hotpath.complete, groups.completions, then)
         monkeypatch.setattr(hotpath, "claim_hinted", claims)

@@ -245,7 +245,11 @@ def setup_worker(
     )
     if settings.step_group_max > 1 and runtime.one_statement:
         runtime.groups = StepGroups(
-            worker=runtime.worker, lease_s=runtime.lease_s, max_size=settings.step_group_max
+            worker=runtime.worker,
+            lease_s=runtime.lease_s,
+            max_size=settings.step_group_max,
+            gather_s=settings.step_group_gather_ms / 1000,
+            busy=runtime.leases.busy,
         )
     broker.add_middleware(
         GracefulShutdown(

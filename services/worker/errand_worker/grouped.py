@@ -34,6 +34,14 @@ takes the general path alone, as before. What a group shares:
 Two requests for the same job never share a statement (the second waits for the next
 group): one statement cannot fence the same row twice.
 
+A group holds what waits when its leader takes it, so at eight threads a process's
+groups were small (about two rows): in the drain, every cost per job fell as the
+groups grew with more threads (bench/HISTORY.md). So a leader first gathers: while
+other threads of the process hold a step (``busy``) and fewer asks than them wait, it
+waits up to ``ERRAND_STEP_GROUP_GATHER_MS`` (1 ms) for them to join, and starts at once
+when all of them have. A thread alone in its process never waits: the claim of a job
+submitted to an idle worker starts as soon as before.
+
 The statements run on the threads' held connections, whose sequential scans are off
 (:class:`~errand_worker.runtime.WorkerRuntime`): psycopg prepares a statement after
 five runs, and PostgreSQL keeps a generic plan for it; made while a table was small,
@@ -47,6 +55,7 @@ pooler in transaction mode it would reach other clients' server sessions, so set
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -424,13 +433,20 @@ class StatementGroups(Generic[A, R]):
         *,
         max_size: int,
         name: str,
+        gather_s: float = 0.0,
+        busy: Callable[[], int] | None = None,
     ) -> None:
         self._run_many = run_many
         self._run_one = run_one
         self._key = key
         self._max = max(1, max_size)
         self._name = name
+        #: How long a leader waits for the asks of busy threads to join its group, and
+        #: how many threads of the process hold a step now (see the module).
+        self._gather_s = gather_s if busy is not None else 0.0
+        self._busy_threads = busy
         self._lock = threading.Lock()
+        self._joined = threading.Condition(self._lock)
         self._waiting: list[_Request[A, R]] = []
         self._busy = False
         #: Groups run and the asks in them (for tests and the benchmark's notes).
@@ -457,6 +473,7 @@ class StatementGroups(Generic[A, R]):
             self._waiting.append(request)
             leads = not self._busy
             self._busy = True
+            self._joined.notify()  # a leader gathering counts it
         if not leads:
             try:
                 request.ready.wait()
@@ -465,18 +482,23 @@ class StatementGroups(Generic[A, R]):
                 raise
             if not request.lead:
                 return self._answer(conn, request)
+        try:
+            self._gather()
+        except BaseException:  # an interrupt while it gathered: it must not keep the lead
+            self._abandon(request, leading=True)
+            raise
         self._lead(conn)
         return self._answer(conn, request)
 
-    def _abandon(self, request: _Request[A, R]) -> None:
+    def _abandon(self, request: _Request[A, R], *, leading: bool = False) -> None:
         """Forget the request of a thread that stopped waiting, and pass the lead on if it
-        was given it (else nobody would ever lead again). A request already in a running
-        group is written, and its step left to the lease's expiry, as when a thread is
-        stopped after its own statement."""
+        leads (``leading``) or was given the lead (else nobody would ever lead again). A
+        request already in a running group is written, and its step left to the lease's
+        expiry, as when a thread is stopped after its own statement."""
         with self._lock:
             if request in self._waiting:
                 self._waiting.remove(request)
-            if not request.lead:
+            if not (leading or request.lead):
                 return
             request.lead = False
             after = self._next_leader()
@@ -565,6 +587,19 @@ class StatementGroups(Generic[A, R]):
             return exc
         return exc if isinstance(exc, DBAPIError) and lost else None
 
+    def _gather(self) -> None:
+        """Wait (up to the gather time) while fewer asks wait than threads hold a step,
+        and the group has room: the others may be about to ask (see the module)."""
+        if self._gather_s <= 0 or self._busy_threads is None:
+            return
+        deadline = time.monotonic() + self._gather_s
+        with self._lock:
+            while len(self._waiting) < min(self._max, self._busy_threads()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._joined.wait(left)
+
     def _take(self) -> list[_Request[A, R]]:
         """The requests waiting, up to the group's size, at most one per key (the others
         stay, in order, for the next group)."""
@@ -594,13 +629,23 @@ class StatementGroups(Generic[A, R]):
 class StepGroups:
     """A worker process's claims and completions in groups (PostgreSQL only)."""
 
-    def __init__(self, *, worker: str, lease_s: float, max_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        worker: str,
+        lease_s: float,
+        max_size: int,
+        gather_s: float = 0.0,
+        busy: Callable[[], int] | None = None,
+    ) -> None:
         self.claims: StatementGroups[ClaimAsk, Taken | None] = StatementGroups(
             lambda conn, asks: claim_many(conn, asks, worker=worker, lease_s=lease_s),
             lambda conn, ask: claim_one(conn, ask, worker=worker, lease_s=lease_s),
             _job_of,
             max_size=max_size,
             name="claims",
+            gather_s=gather_s,
+            busy=busy,
         )
         self.completions: StatementGroups[CompleteAsk, Completed | None] = StatementGroups(
             lambda conn, asks: complete_many(conn, asks, worker=worker),
@@ -608,6 +653,8 @@ class StepGroups:
             _job_of,
             max_size=max_size,
             name="completions",
+            gather_s=gather_s,
+            busy=busy,
         )
 
 

@@ -54,6 +54,12 @@ class LeaseKeeper:
         with self._lock:
             return self._held.get(job_id, 0)
 
+    def busy(self) -> int:
+        """How many of this process's threads hold a step now (from before its claim to
+        after its completion)."""
+        with self._lock:
+            return sum(self._held.values())
+
     def release(self, job_id: uuid.UUID) -> None:
         """Stop renewing ``job_id``'s lease."""
         with self._lock:

@@ -36,6 +36,10 @@ class WorkerSettings(CommonSettings):
     #: time are written in one statement, up to this many (0 or 1: each thread its own; see
     #: ``errand_worker.grouped``). PostgreSQL only.
     step_group_max: int = Field(default=16, ge=0)
+    #: How long the first thread of a group waits for the claims (or completions) of
+    #: the process's other busy threads to join it (0: no wait; see
+    #: ``errand_worker.grouped``). PostgreSQL only.
+    step_group_gather_ms: float = Field(default=1.0, ge=0, le=50)
     #: Messages prefetched per worker thread (small keeps priorities honoured).
     prefetch_per_thread: int = 1
     #: Retry delays up to this go through the broker's delay queue; longer ones wait in

@@ -270,3 +270,67 @@ def test_a_group_refuses_values_that_are_not_json_and_repeated_jobs() -> None:
         grouped._json({"output": {1, 2}})
     with pytest.raises(NothingWritten):
         grouped._distinct(["a", "b", "a"])
+
+
+def _gathering(statements: Statements, busy: int, gather_s: float) -> StatementGroups[Any, Any]:
+    return StatementGroups(
+        statements.many,
+        statements.one,
+        lambda ask: ask[0],
+        max_size=16,
+        name="tests",
+        gather_s=gather_s,
+        busy=lambda: busy,
+    )
+
+
+def test_a_leader_gathers_the_asks_of_the_other_busy_threads(statements: Statements) -> None:
+    statements.release.set()
+    # Two threads hold a step: the first to ask waits (up to a long gather) for the
+    # other, and both share one statement as soon as it has asked.
+    groups = _gathering(statements, busy=2, gather_s=30.0)
+    first = _ask(groups, ("a", 0))
+    wait_for(lambda: len(groups.waiting()) == 1, what="the leader gathering")
+    second = _ask(groups, ("b", 1))
+    assert (first.join(), second.join()) == ("a0:many", "b1:many")
+    assert [(kind, ask) for kind, _, ask in statements.calls] == [("many", [("a", 0), ("b", 1)])]
+
+
+def test_a_thread_alone_in_its_process_never_gathers(statements: Statements) -> None:
+    statements.release.set()
+    groups = _gathering(statements, busy=1, gather_s=30.0)
+    # Caller.join gives it 10 s: a gather of 30 s would fail this.
+    assert _ask(groups, ("a", 0)).join() == "a0:one"
+
+
+def test_a_leader_goes_alone_when_the_others_do_not_ask_in_time(statements: Statements) -> None:
+    statements.release.set()
+    groups = _gathering(statements, busy=3, gather_s=0.05)
+    assert _ask(groups, ("a", 0)).join() == "a0:one"
+    assert [kind for kind, _, _ in statements.calls] == ["one"]
+
+
+def test_a_leader_stopped_while_gathering_passes_the_lead_on(statements: Statements) -> None:
+    statements.release.set()
+    calls = []
+
+    def busy() -> int:
+        calls.append(1)
+        if len(calls) == 1:  # as an interrupt raised into the gathering thread
+            raise RuntimeError("interrupted")
+        return 1
+
+    groups = StatementGroups(
+        statements.many,
+        statements.one,
+        lambda ask: ask[0],
+        max_size=16,
+        name="tests",
+        gather_s=30.0,
+        busy=busy,
+    )
+    first = _ask(groups, ("a", 0))
+    assert isinstance(first.join(), RuntimeError)
+    assert groups.waiting() == []
+    # The lead was not kept: the next ask leads and runs at once.
+    assert _ask(groups, ("b", 1)).join() == "b1:one"

@@ -473,7 +473,7 @@ class StatementGroups(Generic[A, R]):
             self._waiting.append(request)
             leads = not self._busy
             self._busy = True
-            self._joined.notify()  # a leader gathering counts it
+            self._joined.notify_all()  # a leader gathering counts it
         if not leads:
             try:
                 request.ready.wait()

@@ -4,6 +4,7 @@ The statements here are stand-ins; tests/integration/test_step_groups.py runs th
 ones on PostgreSQL."""
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,7 +307,9 @@ def test_a_thread_alone_in_its_process_never_gathers(statements: Statements) -> 
 def test_a_leader_goes_alone_when_the_others_do_not_ask_in_time(statements: Statements) -> None:
     statements.release.set()
     groups = _gathering(statements, busy=3, gather_s=0.05)
+    started = time.monotonic()
     assert _ask(groups, ("a", 0)).join() == "a0:one"
+    assert time.monotonic() - started >= 0.05  # it did wait for them first
     assert [kind for kind, _, _ in statements.calls] == ["one"]
 
 
@@ -334,3 +337,35 @@ def test_a_leader_stopped_while_gathering_passes_the_lead_on(statements: Stateme
     assert groups.waiting() == []
     # The lead was not kept: the next ask leads and runs at once.
     assert _ask(groups, ("b", 1)).join() == "b1:one"
+
+
+def test_a_leader_stopped_while_gathering_hands_the_lead_to_a_waiting_thread(
+    statements: Statements,
+) -> None:
+    statements.release.set()
+    calls = []
+
+    def busy() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            return 2  # the leader waits for another ask
+        if len(calls) == 2:  # woken by it: as an interrupt raised into the leader
+            raise RuntimeError("interrupted")
+        return 1
+
+    groups = StatementGroups(
+        statements.many,
+        statements.one,
+        lambda ask: ask[0],
+        max_size=16,
+        name="tests",
+        gather_s=30.0,
+        busy=busy,
+    )
+    first = _ask(groups, ("a", 0))
+    wait_for(lambda: len(calls) == 1, what="the leader gathering")
+    second = _ask(groups, ("b", 1))
+    assert isinstance(first.join(), RuntimeError)
+    # The waiting thread was handed the lead and wrote its own ask.
+    assert second.join() == "b1:one"
+    assert [(kind, ask) for kind, _, ask in statements.calls] == [("one", ("b", 1))]

@@ -5,7 +5,7 @@ ones on PostgreSQL."""
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,7 +273,11 @@ def test_a_group_refuses_values_that_are_not_json_and_repeated_jobs() -> None:
         grouped._distinct(["a", "b", "a"])
 
 
-def _gathering(statements: Statements, busy: int, gather_s: float) -> StatementGroups[Any, Any]:
+def _gathering(
+    statements: Statements, busy: int | Callable[[], int], gather_s: float
+) -> StatementGroups[Any, Any]:
+    """Groups whose leader gathers for ``gather_s``; ``busy`` threads hold a step (or what
+    ``busy()`` says each time it is asked)."""
     return StatementGroups(
         statements.many,
         statements.one,
@@ -281,7 +285,7 @@ def _gathering(statements: Statements, busy: int, gather_s: float) -> StatementG
         max_size=16,
         name="tests",
         gather_s=gather_s,
-        busy=lambda: busy,
+        busy=busy if callable(busy) else lambda: busy,
     )
 
 
@@ -323,15 +327,7 @@ def test_a_leader_stopped_while_gathering_passes_the_lead_on(statements: Stateme
             raise RuntimeError("interrupted")
         return 1
 
-    groups = StatementGroups(
-        statements.many,
-        statements.one,
-        lambda ask: ask[0],
-        max_size=16,
-        name="tests",
-        gather_s=30.0,
-        busy=busy,
-    )
+    groups = _gathering(statements, busy, gather_s=30.0)
     first = _ask(groups, ("a", 0))
     assert isinstance(first.join(), RuntimeError)
     assert groups.waiting() == []
@@ -353,15 +349,7 @@ def test_a_leader_stopped_while_gathering_hands_the_lead_to_a_waiting_thread(
             raise RuntimeError("interrupted")
         return 1
 
-    groups = StatementGroups(
-        statements.many,
-        statements.one,
-        lambda ask: ask[0],
-        max_size=16,
-        name="tests",
-        gather_s=30.0,
-        busy=busy,
-    )
+    groups = _gathering(statements, busy, gather_s=30.0)
     first = _ask(groups, ("a", 0))
     wait_for(lambda: len(calls) == 1, what="the leader gathering")
     second = _ask(groups, ("b", 1))
